@@ -1,0 +1,30 @@
+"""Shared fixtures: the committed random checkpoints and their transformers references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHECKPOINTS = ("untied-v4", "untied-v5", "tied-v5")
+
+
+def reference(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """Each fixture checkpoint converted once with the project's converter."""
+    from convert.converter import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("converted")
+    return {name: convert_checkpoint(FIXTURES / name, root / name) for name in CHECKPOINTS}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """No test reads or writes the user's converted-model cache."""
+    monkeypatch.setenv("NEXTTERM_MLX_CACHE", str(tmp_path / "nextterm-cache"))
