@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -12,7 +13,9 @@ import click
 from . import __version__
 from .decode import DEFAULT_MAX_NEW_TOKENS, Prediction
 from .errors import UserError
+from .hub import DEFAULT_REPO, PUBLISHED
 from .loading import DTYPES
+from .sequence_files import FORMATS
 
 TERM = re.compile(r"[+-]?[0-9]+")
 # Users paste from papers and web pages: a typographic minus means minus.
@@ -32,13 +35,23 @@ def parse_terms(words: list[str]) -> list[int]:
 
 def model_options(command):
     """The options that choose and load a model, shared by every command that loads one."""
-    command = click.option("--model", "model", metavar="PATH", required=True,
-                           help="A NextTerm checkpoint folder (HF format, converted once into the cache) "
-                           "or a folder made by `nextterm-mlx convert`.")(command)
-    command = click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
-                           help="Compute dtype (default: float32 on a CPU, the stored dtype on a GPU).")(command)
-    command = click.option("--cache-dir", metavar="DIR", default=None,
-                           help="Converted-model cache (default ~/.cache/nextterm-mlx or $NEXTTERM_MLX_CACHE).")(command)
+    options = [
+        click.option("--model", metavar="NAME|PATH", default=None,
+                     help="A published checkpoint's name, a NextTerm checkpoint folder (HF format, converted "
+                     "once into the cache) or a folder made by `nextterm-mlx convert`. "
+                     "Default: NextTerm-440M final_latest from the hub."),
+        click.option("--checkpoint", metavar="NAME", default=None,
+                     help="A published checkpoint: final_latest (default), best_val, or a token count "
+                     "(see `nextterm-mlx checkpoints`)."),
+        click.option("--repo", metavar="ORG/NAME", default=None, help=f"Hub repo (default {DEFAULT_REPO})."),
+        click.option("--revision", metavar="REV", default=None, help="Hub branch, tag or commit (default main)."),
+        click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
+                     help="Compute dtype (default: float32 on a CPU, the stored dtype on a GPU)."),
+        click.option("--cache-dir", metavar="DIR", default=None,
+                     help="Converted-model cache (default ~/.cache/nextterm-mlx or $NEXTTERM_MLX_CACHE)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
     return command
 
 
@@ -56,7 +69,7 @@ def cli() -> None:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS,
               show_default=True, help="Token budget for one term.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sequence.")
-def predict(terms, model, dtype, cache_dir, n_terms, max_new_tokens, as_json) -> None:
+def predict(terms, model, checkpoint, repo, revision, dtype, cache_dir, n_terms, max_new_tokens, as_json) -> None:
     """Predict the next term(s) of TERMS, e.g. `predict 1 1 2 3 5 8` prints 13.
 
     Terms may be separated by spaces or commas; negative terms are typed bare
@@ -76,7 +89,8 @@ def predict(terms, model, dtype, cache_dir, n_terms, max_new_tokens, as_json) ->
 
     from .predictor import load
 
-    predictor = load(model, dtype=dtype, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    predictor = load(model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype,
+                     max_new_tokens=max_new_tokens, cache_dir=cache_dir)
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms)
         if as_json:
@@ -108,6 +122,174 @@ def convert(hf_path, mlx_path, dtype, force, allow_nonfinite) -> None:
 
     target = convert_checkpoint(hf_path, mlx_path, dtype=dtype, force=force, allow_nonfinite=allow_nonfinite)
     click.echo(f"wrote {target}", err=True)
+
+
+@cli.command("eval")
+@click.argument("sequence_file", metavar="FILE")
+@model_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="jsonl ({\"seq\": [...], \"id\": ...}), oeis (A000045 ,0,1,1,2,) or plain; "
+              "detected from the content by default.")
+@click.option("--given", type=click.IntRange(min=1), default=None,
+              help="Give the first K terms and predict the next (default: all but the last).")
+@click.option("--predict-terms", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Predict this many next terms; a sequence counts as right when all are.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N sequences.")
+@click.option("--shuffle", is_flag=True, help="Shuffle the sequences (with --seed) before --limit.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one JSON line per sequence here, as it goes.")
+@click.option("--resume", is_flag=True, help="Skip the sequences already in --out.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--compare", "compare_model", metavar="NAME|PATH", default=None,
+              help="Also run this model and report agreement with it.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw accuracy by bucket into this PNG (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def eval_command(sequence_file, model, checkpoint, repo, revision, dtype, cache_dir, fmt, given, predict_terms,
+                 limit, shuffle, seed, batch_size, max_new_tokens, out, resume, force, compare_model, plot,
+                 as_json) -> None:
+    """Measure next-term accuracy on the sequences in FILE.
+
+    Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
+    shards the sequences by rank, and rank 0 prints the summary.
+    """
+    from .evaluate import Task, check_results_file, evaluate, plan_items
+    from .predictor import load
+    from .sequence_files import read_sequence_file
+
+    check_results_file(out, resume, force)
+    sequences = read_sequence_file(sequence_file, fmt)
+    for problem in sequences.problems[:10]:
+        click.echo(f"{sequence_file}: {problem} (skipped)", err=True)
+    if len(sequences.problems) > 10:
+        click.echo(f"{sequence_file}: {len(sequences.problems) - 10} more lines skipped", err=True)
+
+    predictor = load(model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype,
+                     max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    other = None
+    if compare_model is not None:
+        other = load(compare_model, dtype=dtype, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    plan = plan_items(sequences.sequences, Task(given, predict_terms), predictor.max_positions, limit, shuffle, seed)
+    if not plan.items:
+        raise UserError(f"no sequence in {sequence_file} is long enough for this task "
+                        f"({plan.skipped['too_short']} too short); lower --given or --predict-terms")
+    summary = evaluate(predictor, plan.items, out, batch_size=batch_size, resume=resume, other=other)
+    if summary is None:  # another rank reports
+        return
+    summary = {"model": predictor.name, "file": str(sequence_file), "format": sequences.format,
+               "skipped": {**plan.skipped, "unreadable_lines": len(sequences.problems)}, **summary}
+    if compare_model is not None:
+        summary["compare"]["other_model"] = compare_model
+    if plot is not None:
+        from .plot import plot_accuracy
+
+        plot_accuracy(summary, plot, predictor.name)
+    click.echo(json.dumps(summary) if as_json else format_summary(summary))
+
+
+def format_summary(summary: dict) -> str:
+    low, high = summary["ci95"]
+    speed = summary["throughput"]
+    skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in summary["skipped"].items() if v) or "none"
+    lines = [
+        f"model     {summary['model']}",
+        f"accuracy  {summary['accuracy']:.2%} ({summary['correct']}/{summary['sequences']}), "
+        f"95% CI {low:.2%}-{high:.2%}",
+        f"no answer {summary['unparseable']} unparseable, {summary['absent']} absent; skipped: {skipped}",
+        f"speed     {speed['sequences_per_second']:.2f} seq/s, {speed['generated_tokens_per_second']:.1f} "
+        f"generated tok/s (prefill {speed['prefill_tokens_per_second']:.0f} tok/s, "
+        f"decode {speed['decode_tokens_per_second']:.1f} tok/s)",
+    ]
+    if "compare" in summary:
+        compare = summary["compare"]
+        lines.append(f"compare   {compare['other_model']}: accuracy {compare['other_accuracy']:.2%}, "
+                     f"agreement {compare['agreement']:.2%}")
+    for key, label in (("by_answer_digits", "answer digits"), ("by_given_terms", "terms given")):
+        lines.append(f"by {label}:")
+        lines += [f"  {bucket:>8}  {b['accuracy']:7.2%}  n={b['n']}" for bucket, b in summary[key].items()]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+def checkpoints(as_json) -> None:
+    """List the published NextTerm-440M checkpoints."""
+    rows = [{"name": c.name, "tokens_trained": c.tokens_trained, "eval_neo_accuracy": c.eval_neo_accuracy}
+            for c in PUBLISHED]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'checkpoint':<32} {'tokens trained':>16}  OEIS Eval Neo accuracy")
+    for row in rows:
+        accuracy = f"{row['eval_neo_accuracy']:.2%}" if row["eval_neo_accuracy"] else "not published"
+        default = "  (default)" if row["name"] == "final_latest" else ""
+        click.echo(f"{row['name']:<32} {row['tokens_trained']:>16,}  {accuracy}{default}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--cache-dir", metavar="DIR", default=None, help="Converted-model cache.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@click.pass_context
+def models(ctx, cache_dir, as_json) -> None:
+    """List the converted models in the cache (`models rm NAME` removes one)."""
+    from .model_cache import cache_root, entries
+
+    ctx.obj = cache_root(cache_dir)
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = []
+    for entry in entries(ctx.obj):
+        source = entry.source
+        rows.append({
+            "name": entry.key,
+            "source": f"{source['repo']}/{source['subfolder']}" if "repo" in source else source.get("path"),
+            "revision": (source.get("commit") or "")[:12] or None,
+            "dtype": entry.meta.get("dtype"),
+            "quantization": entry.meta.get("quantization"),
+            "size_bytes": entry.size_bytes(),
+        })
+    if as_json:
+        click.echo(json.dumps(rows))
+    elif not rows:
+        click.echo(f"no converted models in {ctx.obj}", err=True)
+    else:
+        for row in rows:
+            variant = row["quantization"] or row["dtype"]
+            click.echo(f"{row['name']}  {row['source']}  {row['revision'] or '-'}  {variant}  "
+                       f"{row['size_bytes'] / 1e6:.1f} MB")
+
+
+@models.command("rm")
+@click.argument("name")
+@click.pass_obj
+def models_rm(root, name) -> None:
+    """Remove the cached model NAME (as `models` lists it, or a checkpoint name)."""
+    from .model_cache import remove_entry
+
+    for key in remove_entry(root, name):
+        click.echo(f"removed {key}", err=True)
+
+
+@cli.command()
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def info(model, checkpoint, repo, revision, dtype, cache_dir, as_json) -> None:
+    """Show a model's configuration, source, and how MLX runs it here."""
+    from .predictor import load
+
+    details = load(model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype, cache_dir=cache_dir).info()
+    if as_json:
+        click.echo(json.dumps(details))
+        return
+    for key, value in details.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif key == "parameters":
+            value = f"{value:,}"
+        click.echo(f"{key:<14} {value}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

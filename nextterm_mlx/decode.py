@@ -1,19 +1,24 @@
-"""Greedy decoding of one term at a time, as the model card's generate call.
+"""Greedy decoding of next terms, for one sequence or a batch of them.
 
-The reference is `model.generate(ids, max_new_tokens=192, do_sample=False,
-eos_token_id=[11, 13, 14])`: take the most likely token until a separator,
-EOS or PAD comes out (it is kept) or the token budget runs out.
+The reference is the model card's call, `model.generate(ids,
+max_new_tokens=192, do_sample=False, eos_token_id=[11, 13, 14])`: take the
+most likely token until a separator, EOS or PAD comes out (it is kept) or
+the token budget runs out. To continue a sequence, the separator that ended
+a term is fed back through the same KV cache, as if the prompt had included
+that term.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from .vocab import SEP, STOP_REASONS, decode_term
+from .vocab import PAD, SEP, STOP_REASONS, decode_term
 
 DEFAULT_MAX_NEW_TOKENS = 192
 
@@ -43,30 +48,14 @@ class Prediction:
         return {"value": self.value, "stop": self.stop, "tokens": self.tokens, "logprob": self.logprob}
 
 
-def prefill(model: nn.Module, tokens: list[int], cache: list[Any]) -> mx.array:
-    """Run `tokens` through the model into `cache`; the last position's logits."""
-    for start in range(0, len(tokens), PREFILL_CHUNK):
-        logits = model(mx.array(tokens[start : start + PREFILL_CHUNK])[None], cache=cache)
-    return logits[0, -1].astype(mx.float32)
+@dataclass
+class DecodeStats:
+    """Where decoding time goes: prompt processing vs token generation."""
 
-
-def next_term(model: nn.Module, cache: list[Any], feed: list[int], max_new_tokens: int) -> Prediction:
-    """Decode the next term after feeding `feed` (the prompt, or the previous
-    term's separator) into `cache`. The stop token is not fed: the next call
-    feeds it, so a continuation never re-reads the prompt."""
-    logits = prefill(model, feed, cache)
-    tokens: list[int] = []
-    logprob = 0.0
-    while True:
-        token = mx.argmax(logits)
-        token_logprob = logits[token] - mx.logsumexp(logits)
-        token, token_logprob = token.item(), token_logprob.item()
-        tokens.append(token)
-        logprob += token_logprob
-        if token in STOP_REASONS or len(tokens) == max_new_tokens:
-            break
-        logits = prefill(model, [token], cache)
-    return make_prediction(tokens, logprob)
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0
 
 
 def make_prediction(tokens: list[int], logprob: float) -> Prediction:
@@ -78,3 +67,83 @@ def make_prediction(tokens: list[int], logprob: float) -> Prediction:
         return Prediction(None, STOP_REASONS[last], tokens, logprob)
     value = decode_term(tokens[:-1])
     return Prediction(value, "separator" if value is not None else "malformed", tokens, logprob)
+
+
+def prefill(model: nn.Module, tokens: mx.array, cache: list[Any]) -> mx.array:
+    """Run a (batch, length) array of tokens through the model into `cache`;
+    the float32 logits at each row's last position."""
+    for start in range(0, tokens.shape[1], PREFILL_CHUNK):
+        logits = model(tokens[:, start : start + PREFILL_CHUNK], cache=cache)
+    return logits[:, -1].astype(mx.float32)
+
+
+def greedy_step(logits: mx.array) -> tuple[list[int], list[float]]:
+    """The most likely token of each row and its log-probability."""
+    tokens = mx.argmax(logits, axis=-1)
+    logprobs = mx.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+    return tokens.tolist(), logprobs.tolist()
+
+
+@dataclass
+class _Row:
+    predictions: list[Prediction] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    logprob: float = 0.0
+
+
+def decode(
+    model: nn.Module,
+    prompts: list[list[int]],
+    n_terms: int = 1,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    stats: Optional[DecodeStats] = None,
+) -> list[list[Prediction]]:
+    """The next `n_terms` terms of each prompt, decoded greedily in one batch.
+
+    Prompts of different lengths are left-padded; a row leaves the batch when
+    it has its terms or the model gives no next term (the last prediction's
+    `stop` says why).
+    """
+    stats = stats if stats is not None else DecodeStats()
+    started = time.perf_counter()
+    longest = max(len(p) for p in prompts)
+    padding = [longest - len(p) for p in prompts]
+    if len(prompts) == 1:
+        cache = make_prompt_cache(model)
+    else:
+        cache = [BatchKVCache(padding) for _ in model.layers]
+    tokens = mx.array([[PAD] * pad + prompt for pad, prompt in zip(padding, prompts)])
+    logits = prefill(model, tokens, cache)
+    mx.eval(logits)
+    stats.prefill_tokens += sum(len(p) for p in prompts)
+    stats.prefill_seconds += time.perf_counter() - started
+
+    started = time.perf_counter()
+    rows = [_Row() for _ in prompts]
+    active = list(range(len(prompts)))
+    while True:
+        next_tokens, logprobs = greedy_step(logits)
+        stats.generated_tokens += len(active)
+        keep = []
+        for position, (index, token, logprob) in enumerate(zip(active, next_tokens, logprobs)):
+            row = rows[index]
+            row.tokens.append(token)
+            row.logprob += logprob
+            if token in STOP_REASONS or len(row.tokens) == max_new_tokens:
+                prediction = make_prediction(row.tokens, row.logprob)
+                row.predictions.append(prediction)
+                row.tokens, row.logprob = [], 0.0
+                if prediction.value is None or len(row.predictions) == n_terms:
+                    continue
+            keep.append(position)
+        if not keep:
+            break
+        inputs = mx.array(next_tokens)[:, None]
+        if len(keep) < len(active):
+            for layer_cache in cache:
+                layer_cache.filter(mx.array(keep))
+            inputs = inputs[mx.array(keep)]
+            active = [active[p] for p in keep]
+        logits = model(inputs, cache=cache)[:, -1].astype(mx.float32)
+    stats.decode_seconds += time.perf_counter() - started
+    return [row.predictions for row in rows]

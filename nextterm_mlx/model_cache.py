@@ -9,12 +9,15 @@ An entry is renamed into place complete, so it is complete or absent.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Iterator, Optional
 
 from filelock import FileLock
 
+from .errors import UserError
 from .meta import read_meta
 
 LOCKS_DIR = ".locks"
@@ -28,14 +31,34 @@ def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
     return Path.home() / ".cache" / "nextterm-mlx"
 
 
+@dataclass
+class CacheEntry:
+    key: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return self.meta.get("source") or {}
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def entries(root: Path) -> Iterator[CacheEntry]:
+    """The complete entries in the cache (partial builds are hidden folders)."""
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        meta = read_meta(path) if not path.name.startswith(".") else None
+        if meta is not None:
+            yield CacheEntry(path.name, path, meta)
+
+
 def cached_conversion(
-    root: Path,
-    key: str,
-    fetch_source: Callable[[], Path],
-    source_info: dict[str, Any],
-    dtype: Optional[str] = None,
+    root: Path, key: str, source: Path, source_info: dict[str, Any], dtype: Optional[str] = None
 ) -> Path:
-    """The cache entry `key`, converting `fetch_source()` into it if absent."""
+    """The cache entry `key`, converting the HF folder `source` into it if absent."""
     entry = root / key
     if read_meta(entry) is not None:
         return entry
@@ -43,8 +66,18 @@ def cached_conversion(
     with FileLock(str(root / LOCKS_DIR / f"{key}.lock")):
         if read_meta(entry) is not None:  # another process converted it while we waited
             return entry
-        source = fetch_source()
-        print(f"converting {source} to MLX (once; cached in {entry})", file=sys.stderr)
+        print(f"converting {source} to MLX (once; cached as {key})", file=sys.stderr)
         from convert.converter import convert_checkpoint  # the runtime needs it only on first use
 
         return convert_checkpoint(source, entry, dtype=dtype, force=True, source_info=source_info)
+
+
+def remove_entry(root: Path, name: str) -> list[str]:
+    """Remove the entry keyed `name`, or every entry of the checkpoint `name`."""
+    matches = [e for e in entries(root) if name in (e.key, Path(e.source.get("subfolder", "")).name)]
+    if not matches:
+        raise UserError(f"no cached model {name!r} in {root}; `nextterm-mlx models` lists them")
+    for entry in matches:
+        with FileLock(str(root / LOCKS_DIR / f"{entry.key}.lock")):
+            shutil.rmtree(entry.path)
+    return [e.key for e in matches]

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import mlx.nn as nn
-from mlx_lm.models.cache import make_prompt_cache
-
-from .decode import DEFAULT_MAX_NEW_TOKENS, Prediction, next_term
+from .decode import DEFAULT_MAX_NEW_TOKENS, DecodeStats, Prediction, decode
 from .errors import UserError
 from .loading import load_mlx_folder
+from .meta import read_meta
 from .resolve import resolve_model
-from .vocab import SEP, encode_prompt
+from .vocab import encode_prompt
 
 
 class Predictor:
@@ -36,6 +35,34 @@ class Predictor:
     def max_positions(self) -> int:
         return self.config["max_position_embeddings"]
 
+    def info(self) -> dict[str, Any]:
+        """What is loaded and how it runs: what `nextterm-mlx info` prints."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+        from mlx_lm.utils import get_total_parameters
+
+        from . import blas
+
+        meta = read_meta(self.path) or {}
+        compute_dtypes = sorted({str(p.dtype).removeprefix("mlx.core.") for _, p in tree_flatten(self.model.parameters())})
+        architecture_keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                             "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings", "rope_theta",
+                             "rms_norm_eps", "max_position_embeddings")
+        return {
+            "model": self.name,
+            "path": str(self.path),
+            "parameters": get_total_parameters(self.model),
+            "config": {k: self.config.get(k) for k in architecture_keys},
+            "stored_dtype": meta.get("dtype"),
+            "compute_dtype": ", ".join(compute_dtypes),
+            "quantization": self.config.get("quantization"),
+            "source": meta.get("source"),
+            "source_meta": meta.get("source_meta"),
+            "mlx_version": mx.__version__,
+            "device": str(mx.default_device()),
+            "blas": blas.describe(),
+        }
+
     def predict(self, terms: Sequence[int]) -> Prediction:
         """The next term of `terms`, e.g. 13 for [1, 1, 2, 3, 5, 8]."""
         return self.continue_sequence(terms, 1)[0]
@@ -44,24 +71,27 @@ class Predictor:
         """The next `n` terms, each predicted from the sequence extended by the
         ones before it. Stops early, with the reason in the last prediction's
         `stop`, when the model gives no next term."""
+        return self.continue_batch([terms], n)[0]
+
+    def continue_batch(
+        self, sequences: Sequence[Sequence[int]], n: int = 1, stats: Optional[DecodeStats] = None
+    ) -> list[list[Prediction]]:
+        """`continue_sequence` for several sequences at once, decoded as one
+        left-padded batch: faster per sequence, same predictions."""
         if n < 1:
             raise UserError(f"the number of terms to predict must be at least 1, not {n}")
+        prompts = [self.prompt(terms) for terms in sequences]
+        return decode(self.model, prompts, n, self.max_new_tokens, stats)
+
+    def prompt(self, terms: Sequence[int]) -> list[int]:
+        """The token ids for `terms`, refused if longer than the model can read."""
         prompt = encode_prompt(check_terms(terms))
         if len(prompt) > self.max_positions:
             raise UserError(
                 f"the sequence is {len(prompt)} tokens long, more than the model's limit of "
                 f"{self.max_positions} (max_position_embeddings); give fewer or shorter terms"
             )
-        cache = make_prompt_cache(self.model)
-        predictions: list[Prediction] = []
-        feed = prompt
-        for _ in range(n):
-            prediction = next_term(self.model, cache, feed, self.max_new_tokens)
-            predictions.append(prediction)
-            if prediction.value is None:
-                break
-            feed = [SEP]
-        return predictions
+        return prompt
 
 
 def check_terms(terms: Sequence[int]) -> list[int]:
@@ -75,16 +105,22 @@ def check_terms(terms: Sequence[int]) -> list[int]:
 
 
 def load(
-    model: str | Path,
+    model: Optional[str | Path] = None,
     *,
+    checkpoint: Optional[str] = None,
+    repo: Optional[str] = None,
+    revision: Optional[str] = None,
     dtype: Optional[str] = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     cache_dir: Optional[str | Path] = None,
 ) -> Predictor:
     """Load a model for prediction.
 
-    model: a NextTerm checkpoint folder (HF format: converted once into the
-        cache) or a folder made by `nextterm-mlx convert`.
+    model: a published checkpoint's name ("final_latest", "best_val", ...),
+        a NextTerm checkpoint folder in HF format, or a folder made by
+        `nextterm-mlx convert`. None: NextTerm-440M's `checkpoint` (default
+        final_latest) from `repo` at `revision`. A checkpoint is downloaded
+        and converted on first use, then loaded from the cache, offline too.
     dtype: "float32", "bfloat16" or "float16" to compute in; by default
         float32 on a CPU and the stored dtype on a GPU.
     max_new_tokens: the token budget for one term (the model card's 192).
@@ -93,6 +129,6 @@ def load(
     """
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-    folder = resolve_model(model, cache_dir)
-    mlx_model, config = load_mlx_folder(folder, dtype)
-    return Predictor(mlx_model, config, folder, str(model), max_new_tokens)
+    resolved = resolve_model(model, checkpoint=checkpoint, repo=repo, revision=revision, cache_dir=cache_dir)
+    mlx_model, config = load_mlx_folder(resolved.path, dtype)
+    return Predictor(mlx_model, config, resolved.path, resolved.name, max_new_tokens)

@@ -1,28 +1,71 @@
-"""From what a user names (`--model`) to an MLX model folder on disk.
+"""From what a user names to an MLX model folder on disk.
 
 - a converted MLX folder (it has nextterm_meta.json): used as it is;
 - a local HF checkpoint folder (config.json + safetensors): converted once
-  into the cache and reused while its files are unchanged.
+  into the cache and reused while its files are unchanged;
+- a published checkpoint's name ("final_latest", "best_val", a token count),
+  or nothing for the default: downloaded once from the hub, converted once,
+  then found in the cache with no network call.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
+from .hub import DEFAULT_CHECKPOINT, DEFAULT_REPO, PUBLISHED, checkpoint_name, download_checkpoint, subfolder_for
 from .meta import read_meta
-from .model_cache import cache_root, cached_conversion
+from .model_cache import cache_root, cached_conversion, entries
 
 
-def resolve_model(model: str | Path, cache_dir: Optional[str | Path] = None) -> Path:
-    """The MLX folder to load for `model`."""
+@dataclass
+class ResolvedModel:
+    path: Path  # the MLX folder to load
+    name: str  # what to call it in output
+
+
+def resolve_model(
+    model: Optional[str | Path] = None,
+    *,
+    checkpoint: Optional[str] = None,
+    repo: Optional[str] = None,
+    revision: Optional[str] = None,
+    cache_dir: Optional[str | Path] = None,
+) -> ResolvedModel:
+    """The MLX folder for `model` (a folder or a name), or for the published
+    `checkpoint` of `repo` at `revision`; by default NextTerm-440M final_latest."""
+    root = cache_root(cache_dir)
+    if model is not None and (checkpoint or repo or revision):
+        raise UserError("give either --model or --checkpoint/--repo/--revision, not both")
+    if model is None:
+        repo = repo or DEFAULT_REPO
+        name = checkpoint_name(checkpoint or DEFAULT_CHECKPOINT, repo)
+        if name is None:
+            raise UserError(f"no published checkpoint {checkpoint!r}; choose one of {published_names()}")
+        return ResolvedModel(resolve_hub(root, repo, name, revision), name)
+
     path = Path(model).expanduser()
-    if not path.exists():
-        raise UserError(f"model {str(model)!r} is neither a folder nor a known model name; give a checkpoint folder")
-    if not path.is_dir():
+    if path.is_dir():
+        return ResolvedModel(resolve_folder(root, path), str(model))
+    if path.exists():
         raise UserError(f"model {str(model)!r} is a file, not a folder; give the checkpoint's folder")
+    name = checkpoint_name(str(model))
+    if name is not None:
+        return ResolvedModel(resolve_hub(root, DEFAULT_REPO, name, None), name)
+    raise UserError(
+        f"model {str(model)!r} is neither a folder nor a model name; give a checkpoint folder "
+        f"or one of {published_names()}"
+    )
+
+
+def published_names() -> str:
+    return ", ".join(c.name for c in PUBLISHED)
+
+
+def resolve_folder(root: Path, path: Path) -> Path:
     if read_meta(path) is not None:
         return path
     if not (path / "config.json").exists():
@@ -30,10 +73,10 @@ def resolve_model(model: str | Path, cache_dir: Optional[str | Path] = None) -> 
             f"{path} has no config.json; give a NextTerm checkpoint folder (config.json + safetensors) "
             "or a folder made by `nextterm-mlx convert`"
         )
-    return convert_local_checkpoint(path.resolve(), cache_root(cache_dir))
+    return convert_local_checkpoint(root, path.resolve())
 
 
-def convert_local_checkpoint(folder: Path, root: Path) -> Path:
+def convert_local_checkpoint(root: Path, folder: Path) -> Path:
     """A local HF folder's cache entry, keyed by its path and its files'
     sizes and times, so an edited checkpoint is converted again."""
     fingerprint = hashlib.sha256(str(folder).encode())
@@ -42,4 +85,32 @@ def convert_local_checkpoint(folder: Path, root: Path) -> Path:
             stat = f.stat()
             fingerprint.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     key = f"local--{folder.name}--{fingerprint.hexdigest()[:16]}"
-    return cached_conversion(root, key, lambda: folder, {"path": str(folder)})
+    return cached_conversion(root, key, folder, {"path": str(folder)})
+
+
+def resolve_hub(root: Path, repo: str, name: str, revision: Optional[str]) -> Path:
+    """A published checkpoint's cache entry: found with no network call when
+    converted before, else downloaded (only its subfolder) and converted."""
+    subfolder = subfolder_for(name)
+    cached = find_hub_entry(root, repo, subfolder, revision)
+    if cached is not None:
+        return cached
+    folder, commit = download_checkpoint(repo, subfolder, revision)
+    key = "--".join([repo.replace("/", "--"), name.replace("/", "--"), commit[:12]])
+    info = {"repo": repo, "revision": revision or "main", "commit": commit, "subfolder": subfolder}
+    return cached_conversion(root, key, folder, info)
+
+
+def find_hub_entry(root: Path, repo: str, subfolder: str, revision: Optional[str]) -> Optional[Path]:
+    """The newest entry converted from `subfolder` of `repo` at `revision`
+    (a branch asked for before, or a commit sha or its prefix)."""
+    wanted = revision or "main"
+    matches = [
+        e for e in entries(root)
+        if e.source.get("repo") == repo
+        and e.source.get("subfolder") == subfolder
+        and (e.source.get("revision") == wanted or (len(wanted) >= 7 and e.source.get("commit", "").startswith(wanted)))
+    ]
+    if not matches:
+        return None
+    return max(matches, key=lambda e: e.meta.get("created", "")).path

@@ -1,11 +1,9 @@
 """Make the tiny random checkpoints and transformers reference outputs the tests use.
 
-Each checkpoint is in the published format: a Qwen3 causal LM with NextTerm's
-16-token vocabulary, saved by transformers in bfloat16 as safetensors, with
-config.json and oeis_checkpoint_meta.json. Random weights give near-uniform
-logits, where argmax flips on rounding; scaling the output head by
-HEAD_SCALE gives clear margins, and only cases whose every generated step
-keeps a top-1/top-2 gap of at least MIN_MARGIN are kept.
+Three tiny random checkpoints in the published format (scripts/random_checkpoint.py):
+untied embeddings with a transformers 4.x config and non-default rope_theta
+and rms_norm_eps, untied with a 5.x config, and tied. Only cases whose every
+generated step keeps a top-1/top-2 logit gap of at least MIN_MARGIN are kept.
 
     python scripts/make_fixtures.py [tests/fixtures]
 
@@ -20,66 +18,17 @@ import random
 import sys
 from pathlib import Path
 
-import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from convert.reference import reference_outputs  # noqa: E402
+from scripts.random_checkpoint import make_random_checkpoint  # noqa: E402
 
-HEAD_SCALE = 60.0
 MIN_MARGIN = 0.05
-SHAPE = dict(
-    vocab_size=16,
-    hidden_size=64,
-    intermediate_size=192,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=2048,
-    bos_token_id=12,
-    eos_token_id=13,
-    pad_token_id=14,
-)
 
 FIXTURES = {
-    # transformers 4.x wrote rope_theta at the top level and torch_dtype.
     "untied-v4": dict(seed=1, tied=False, style="v4", rope_theta=50000.0, rms_norm_eps=1e-5),
     "untied-v5": dict(seed=2, tied=False, style="v5", rope_theta=10000.0, rms_norm_eps=1e-6),
     "tied-v5": dict(seed=3, tied=True, style="v5", rope_theta=1000000.0, rms_norm_eps=1e-6),
 }
-
-
-def make_checkpoint(folder: Path, seed: int, tied: bool, style: str, rope_theta: float, rms_norm_eps: float) -> None:
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        **SHAPE,
-        tie_word_embeddings=tied,
-        rms_norm_eps=rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-    )
-    model = Qwen3ForCausalLM(config)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(HEAD_SCALE)
-    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
-    if style == "v4":
-        rewrite_as_transformers_4(folder / "config.json")
-    meta = {
-        "tokens_trained": 0,
-        "source_checkpoint": f"random fixture, seed {seed}",
-        "conversion": "made by scripts/make_fixtures.py; not a trained model",
-    }
-    (folder / "oeis_checkpoint_meta.json").write_text(json.dumps(meta, indent=2))
-
-
-def rewrite_as_transformers_4(config_path: Path) -> None:
-    config = json.loads(config_path.read_text())
-    rope = config.pop("rope_parameters")
-    config["rope_theta"] = rope["rope_theta"]
-    config["rope_scaling"] = None
-    config["torch_dtype"] = config.pop("dtype")
-    config["transformers_version"] = "4.51.3"
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def candidate_cases(rng: random.Random) -> list[dict]:
@@ -114,7 +63,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, spec in FIXTURES.items():
         folder = out / name
-        make_checkpoint(folder, **spec)
+        make_random_checkpoint(folder, "tiny", **spec)
         candidates = candidate_cases(random.Random(spec["seed"]))
         reference = reference_outputs(folder, candidates)
         kept = [case for case in reference["cases"] if case["min_margin"] >= MIN_MARGIN]

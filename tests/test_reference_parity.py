@@ -11,6 +11,7 @@ magnitude is up to ~30).
 
 from __future__ import annotations
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -40,7 +41,8 @@ def test_tokens_and_logits_equal_transformers(name, converted):
         assert [p.tokens for p in predictions] == case["generated"], case["terms"]
         np.testing.assert_allclose([p.logprob for p in predictions], case["logprobs"], atol=LOGPROB_ATOL)
 
-        logits = np.array(prefill(predictor.model, case["prompt"], make_prompt_cache(predictor.model)))
+        prompt = mx.array([case["prompt"]])
+        logits = np.array(prefill(predictor.model, prompt, make_prompt_cache(predictor.model))[0])
         np.testing.assert_allclose(logits, case["logits"], atol=LOGIT_ATOL, rtol=0)
 
 
@@ -56,3 +58,20 @@ def test_fixtures_cover_the_required_shapes():
     assert any(case["continue"] > 1 and len(case["generated"]) > 1 for case in cases)
     stops = {stop_of(g) for case in cases for g in case["generated"]}
     assert {"separator", "eos", "pad", "max_tokens", "malformed"} <= stops
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_batched_decoding_equals_transformers(name, converted):
+    """All of a fixture's cases in left-padded batches of mixed lengths."""
+    predictor = nextterm_mlx.load(converted[name], dtype="float32")
+    groups = {}
+    for case in reference(name)["cases"]:
+        groups.setdefault((case["max_new_tokens"], case["continue"]), []).append(case)
+    for (max_new_tokens, n_terms), cases in groups.items():
+        predictor.max_new_tokens = max_new_tokens
+        for start in range(0, len(cases), 16):
+            batch = cases[start : start + 16]
+            results = predictor.continue_batch([case["terms"] for case in batch], n_terms)
+            for case, predictions in zip(batch, results):
+                assert [p.tokens for p in predictions] == case["generated"], case["terms"]
+                np.testing.assert_allclose([p.logprob for p in predictions], case["logprobs"], atol=LOGPROB_ATOL)

@@ -1,0 +1,312 @@
+"""Next-term accuracy on a file of sequences, batched and resumable.
+
+The default task is the published eval's: predict each sequence's last term
+from all the others. Results stream to a JSONL file one line per sequence,
+written after each batch, so a crash or Ctrl-C loses at most the batch in
+flight and `resume` carries on from what is there. The summary is computed
+from the result lines alone, so a resumed run ends with the same summary as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from tqdm import tqdm
+
+from .decode import DecodeStats
+from .distributed import all_gather_bytes, world
+from .errors import UserError
+from .predictor import Predictor
+from .sequence_files import Sequence
+from .vocab import encode_prompt
+
+
+@dataclass
+class Task:
+    """Which terms are given and which are to be predicted.
+
+    given None: all but the last `predict_terms` terms are given (the
+    published eval); given K: the first K terms, predicting the next ones.
+    """
+
+    given: Optional[int] = None
+    predict_terms: int = 1
+
+    def split(self, terms: list[int]) -> Optional[tuple[list[int], list[int]]]:
+        """(given, expected), or None when the sequence is too short."""
+        given = self.given if self.given is not None else len(terms) - self.predict_terms
+        if given < 1 or len(terms) < given + self.predict_terms:
+            return None
+        return terms[:given], terms[given : given + self.predict_terms]
+
+
+@dataclass
+class Item:
+    id: str
+    given: list[int]
+    expected: list[int]
+
+
+@dataclass
+class Plan:
+    items: list[Item]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def plan_items(
+    sequences: list[Sequence],
+    task: Task,
+    max_positions: int,
+    limit: Optional[int] = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> Plan:
+    """The items to evaluate, in a reproducible order, and what was skipped."""
+    sequences = list(sequences)
+    if shuffle:
+        random.Random(seed).shuffle(sequences)
+    plan = Plan([], {"too_short": 0, "too_long": 0})
+    for sequence in sequences:
+        split = task.split(sequence.terms)
+        if split is None:
+            plan.skipped["too_short"] += 1
+        elif len(encode_prompt(split[0])) > max_positions:
+            plan.skipped["too_long"] += 1
+        else:
+            plan.items.append(Item(sequence.id, *split))
+        if limit is not None and len(plan.items) == limit:
+            break
+    return plan
+
+
+def result_line(item: Item, predictions: list, other: Optional[list] = None) -> dict[str, Any]:
+    """One line of the results file."""
+    values = [p.value for p in predictions]
+    single = len(item.expected) == 1
+    line = {
+        "id": item.id,
+        "given": len(item.given),
+        "expected": item.expected[0] if single else item.expected,
+        "predicted": values[0] if single else values,
+        "correct": values == item.expected,
+        "stop": predictions[-1].stop,
+        "tokens": sum(len(p.tokens) for p in predictions),
+    }
+    if other is not None:
+        other_values = [p.value for p in other]
+        line["other_predicted"] = other_values[0] if single else other_values
+        line["other_correct"] = other_values == item.expected
+    return line
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The complete result lines of a results file; a line cut short by a
+    crash mid-write is dropped (that sequence is evaluated again)."""
+    results = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "id" in record and line.endswith("\n"):
+                results.append(record)
+    return results
+
+
+def write_results(path: Path, results: list[dict[str, Any]]) -> None:
+    """Replace `path` with exactly these lines, atomically."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w") as f:
+        for record in results:
+            f.write(json.dumps(record) + "\n")
+    os.replace(partial, path)
+
+
+def run_eval(
+    predictor: Predictor,
+    items: list[Item],
+    out: Optional[Path],
+    *,
+    batch_size: int = 16,
+    resume: bool = False,
+    other: Optional[Predictor] = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Evaluate `items`, appending to `out` batch by batch; all results in
+    the items' order (earlier ones included when resuming) and this run's
+    work counters."""
+    done: list[dict[str, Any]] = []
+    if out is not None and resume and out.exists():
+        done = read_results(out)
+        write_results(out, done)  # drop a line cut short by a crash
+    elif out is not None:
+        write_results(out, [])
+    finished = {record["id"] for record in done}
+    todo = [item for item in items if item.id not in finished]
+    # Similar lengths batch with little padding.
+    todo.sort(key=lambda item: len(encode_prompt(item.given)))
+
+    stats, other_stats = DecodeStats(), DecodeStats()
+    correct = sum(record["correct"] for record in done)
+    started = time.perf_counter()
+    bar = tqdm(total=len(items), initial=len(done), unit="seq", desc="eval", disable=not progress or None,
+               dynamic_ncols=True)
+    sink = open(out, "a") if out is not None else None
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            given = [item.given for item in batch]
+            n_terms = len(batch[0].expected)
+            predictions = predictor.continue_batch(given, n_terms, stats)
+            others = other.continue_batch(given, n_terms, other_stats) if other else [None] * len(batch)
+            lines = [result_line(item, p, o) for item, p, o in zip(batch, predictions, others)]
+            if sink is not None:
+                sink.write("".join(json.dumps(line) + "\n" for line in lines))
+                sink.flush()
+            done += lines
+            correct += sum(line["correct"] for line in lines)
+            bar.update(len(batch))
+            bar.set_postfix(accuracy=f"{correct / len(done):.1%}")
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    order = {item.id: index for index, item in enumerate(items)}
+    done.sort(key=lambda record: order.get(record["id"], len(order)))
+    if out is not None:
+        write_results(out, done)
+    work = {
+        "sequences": len(todo),
+        "seconds": time.perf_counter() - started,
+        "generated_tokens": stats.generated_tokens,
+        "prefill_tokens": stats.prefill_tokens,
+        "prefill_seconds": stats.prefill_seconds,
+        "decode_seconds": stats.decode_seconds,
+    }
+    return done, work
+
+
+def throughput(work: dict[str, float]) -> dict[str, float]:
+    """Rates from work counters (summed over ranks, seconds the slowest's)."""
+
+    def rate(amount: str, seconds: str) -> float:
+        return work[amount] / work[seconds] if work[seconds] else 0.0
+
+    return {
+        "sequences_evaluated": work["sequences"],
+        "seconds": work["seconds"],
+        "sequences_per_second": rate("sequences", "seconds"),
+        "generated_tokens_per_second": rate("generated_tokens", "seconds"),
+        "prefill_tokens_per_second": rate("prefill_tokens", "prefill_seconds"),
+        "decode_tokens_per_second": rate("generated_tokens", "decode_seconds"),
+    }
+
+
+def evaluate(
+    predictor: Predictor,
+    items: list[Item],
+    out: Optional[Path],
+    *,
+    batch_size: int = 16,
+    resume: bool = False,
+    other: Optional[Predictor] = None,
+    progress: bool = True,
+) -> Optional[dict[str, Any]]:
+    """Evaluate `items` on this process's share of the distributed group and
+    return the summary of all ranks' results on rank 0 (None elsewhere).
+    Each rank keeps its own part file beside `out` for --resume; rank 0
+    writes the merged results to `out`."""
+    group = world()
+    rank, size = group.rank(), group.size()
+    part = out if out is None or size == 1 else out.with_name(f"{out.name}.rank{rank}-of-{size}")
+    results, work = run_eval(predictor, items[rank::size], part, batch_size=batch_size, resume=resume,
+                             other=other, progress=progress and rank == 0)
+    if size > 1:
+        shares = [json.loads(b) for b in all_gather_bytes(group, json.dumps([results, work]).encode())]
+        order = {item.id: index for index, item in enumerate(items)}
+        results = sorted((r for share_results, _ in shares for r in share_results), key=lambda r: order[r["id"]])
+        work = {key: sum(share_work[key] for _, share_work in shares) for key in work}
+        work["seconds"] = max(share_work["seconds"] for _, share_work in shares)
+        if rank != 0:
+            return None
+        if out is not None:
+            write_results(out, results)
+    summary = summarize(results)
+    summary["throughput"] = throughput(work)
+    summary["ranks"] = size
+    return summary
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% confidence interval of a proportion (Wilson score)."""
+    if total == 0:
+        return (0.0, 0.0)
+    p = correct / total
+    denominator = 1 + z * z / total
+    center = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+GIVEN_BUCKETS = ((1, 4), (5, 9), (10, 19), (20, 39), (40, 79), (80, None))
+DIGIT_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 9), (10, 19), (20, None))
+
+
+def bucket(value: int, buckets) -> str:
+    for low, high in buckets:
+        if high is None or value <= high:
+            return f"{low}+" if high is None else str(low) if low == high else f"{low}-{high}"
+    raise AssertionError("the last bucket is open")
+
+
+def answer_digits(expected: Any) -> int:
+    first = expected[0] if isinstance(expected, list) else expected
+    return len(str(abs(first)))
+
+
+def accuracy_table(results: Iterable[dict[str, Any]], key, buckets) -> dict[str, dict[str, Any]]:
+    """Accuracy per bucket of key(result), in the buckets' order."""
+    groups: dict[str, list[bool]] = {bucket(low, buckets): [] for low, _ in buckets}
+    for record in results:
+        groups[bucket(key(record), buckets)].append(bool(record["correct"]))
+    return {name: {"n": len(v), "accuracy": sum(v) / len(v)} for name, v in groups.items() if v}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and its breakdown, from the result lines alone."""
+    total = len(results)
+    correct = sum(bool(r["correct"]) for r in results)
+    wrong = [r for r in results if not r["correct"]]
+    summary = {
+        "sequences": total,
+        "correct": correct,
+        "accuracy": correct / total if total else 0.0,
+        "ci95": list(wilson_interval(correct, total)),
+        "unparseable": sum(r["stop"] == "malformed" for r in wrong),
+        "absent": sum(r["stop"] in ("eos", "pad", "max_tokens") for r in wrong),
+        "by_answer_digits": accuracy_table(results, lambda r: answer_digits(r["expected"]), DIGIT_BUCKETS),
+        "by_given_terms": accuracy_table(results, lambda r: r["given"], GIVEN_BUCKETS),
+    }
+    if results and "other_predicted" in results[0]:
+        other_correct = sum(bool(r["other_correct"]) for r in results)
+        summary["compare"] = {
+            "other_correct": other_correct,
+            "other_accuracy": other_correct / total if total else 0.0,
+            "agreement": sum(r["predicted"] == r["other_predicted"] for r in results) / total if total else 0.0,
+        }
+    return summary
+
+
+def check_results_file(out: Optional[Path], resume: bool, force: bool) -> None:
+    if out is None or resume or force or not out.exists():
+        return
+    raise UserError(f"{out} already exists; pass --resume to continue that run or --force to start over")
