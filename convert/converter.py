@@ -37,6 +37,7 @@ from .hf_checkpoint import (
     read_json,
     weight_files,
 )
+from .quantize import Quantization, quantize
 from .tokenizer_files import write_tokenizer_files
 
 
@@ -48,10 +49,12 @@ def convert_checkpoint(
     force: bool = False,
     source_info: Optional[dict[str, Any]] = None,
     allow_nonfinite: bool = False,
+    quantization: Optional[Quantization] = None,
 ) -> Path:
     """Convert the HF checkpoint folder `source` into the MLX folder `target`.
 
     dtype: "bfloat16", "float16" or "float32"; None keeps the checkpoint's own.
+    quantization: quantize the weights (the embedding and head excepted).
     source_info: how the source was obtained (hub repo, revision, subfolder),
     recorded in nextterm_meta.json; a local path is recorded by default.
     """
@@ -74,6 +77,9 @@ def convert_checkpoint(
     check_tensor_names_and_shapes(model, weights, source)
     weights = cast_and_check(weights, DTYPES[dtype], source, allow_nonfinite)
     model.load_weights(list(weights.items()))
+    left_unquantized: list[str] = []
+    if quantization is not None:
+        config, left_unquantized = quantize(model, config, quantization)
 
     meta = {
         "format": "nextterm-mlx",
@@ -85,7 +91,8 @@ def convert_checkpoint(
         if (source / SOURCE_META_FILE).exists()
         else None,
         "dtype": dtype,
-        "quantization": None,
+        "quantization": quantization.to_dict() if quantization else None,
+        "left_unquantized": left_unquantized,
     }
     with atomic_folder(target) as building:
         save_model(building, model)

@@ -49,10 +49,39 @@ def model_options(command):
                      help="Compute dtype (default: float32 on a CPU, the stored dtype on a GPU)."),
         click.option("--cache-dir", metavar="DIR", default=None,
                      help="Converted-model cache (default ~/.cache/nextterm-mlx or $NEXTTERM_MLX_CACHE)."),
+        *quantization_options(),
+        click.option("--keep-quantized", is_flag=True,
+                     help="On a CPU, run quantized weights as they are (by default they are dequantized "
+                     "to float32: MLX's CPU quantized matmul is 10-25x slower)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def quantization_options() -> list:
+    return [
+        click.option("--q-bits", type=click.Choice(["4", "8"]), default=None, callback=as_int,
+                     help="Quantize the weights to 4 or 8 bits (embedding and head stay unquantized)."),
+        click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), default=None, callback=as_int,
+                     help="Quantization group size (default 64; 32 for mxfp4/mxfp8, 16 for nvfp4)."),
+        click.option("--q-mode", type=click.Choice(["affine", "mxfp4", "mxfp8", "nvfp4"]), default=None,
+                     help="Quantization mode (default affine)."),
+        click.option("--q-recipe", type=click.Choice(["mixed_4_8"]), default=None,
+                     help="8 bits for v_proj and down_proj in the first, last and every third layer; 4 elsewhere."),
+    ]
+
+
+def as_int(ctx, param, value):
+    return None if value is None else int(value)
+
+
+def load_options(model, checkpoint, repo, revision, dtype, cache_dir, q_bits, q_group_size, q_mode, q_recipe,
+                 keep_quantized) -> dict:
+    """model_options' values as keyword arguments of nextterm_mlx.load."""
+    return dict(model=model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype,
+                cache_dir=cache_dir, q_bits=q_bits, q_group_size=q_group_size, q_mode=q_mode,
+                q_recipe=q_recipe, keep_quantized=keep_quantized)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +98,7 @@ def cli() -> None:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS,
               show_default=True, help="Token budget for one term.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sequence.")
-def predict(terms, model, checkpoint, repo, revision, dtype, cache_dir, n_terms, max_new_tokens, as_json) -> None:
+def predict(terms, n_terms, max_new_tokens, as_json, **model) -> None:
     """Predict the next term(s) of TERMS, e.g. `predict 1 1 2 3 5 8` prints 13.
 
     Terms may be separated by spaces or commas; negative terms are typed bare
@@ -89,8 +118,7 @@ def predict(terms, model, checkpoint, repo, revision, dtype, cache_dir, n_terms,
 
     from .predictor import load
 
-    predictor = load(model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype,
-                     max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    predictor = load(**load_options(**model), max_new_tokens=max_new_tokens)
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms)
         if as_json:
@@ -109,6 +137,12 @@ def format_plain(predictions: list[Prediction]) -> str:
     return " ".join(words)
 
 
+def with_quantization_options(command):
+    for option in reversed(quantization_options()):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("hf_path", type=click.Path(file_okay=False))
 @click.argument("mlx_path", type=click.Path())
@@ -116,11 +150,15 @@ def format_plain(predictions: list[Prediction]) -> str:
               help="Stored dtype (default: the checkpoint's own).")
 @click.option("--force", is_flag=True, help="Replace MLX_PATH if it exists.")
 @click.option("--allow-nonfinite", is_flag=True, help="Convert even if a weight is NaN or Inf.")
-def convert(hf_path, mlx_path, dtype, force, allow_nonfinite) -> None:
+@with_quantization_options
+def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_size, q_mode, q_recipe) -> None:
     """Convert the HF checkpoint folder HF_PATH into the MLX folder MLX_PATH."""
     from convert.converter import convert_checkpoint
+    from convert.quantize import quantization_from_options
 
-    target = convert_checkpoint(hf_path, mlx_path, dtype=dtype, force=force, allow_nonfinite=allow_nonfinite)
+    quantization = quantization_from_options(q_bits, q_group_size, q_mode, q_recipe)
+    target = convert_checkpoint(hf_path, mlx_path, dtype=dtype, force=force, allow_nonfinite=allow_nonfinite,
+                                quantization=quantization)
     click.echo(f"wrote {target}", err=True)
 
 
@@ -148,9 +186,8 @@ def convert(hf_path, mlx_path, dtype, force, allow_nonfinite) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw accuracy by bucket into this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def eval_command(sequence_file, model, checkpoint, repo, revision, dtype, cache_dir, fmt, given, predict_terms,
-                 limit, shuffle, seed, batch_size, max_new_tokens, out, resume, force, compare_model, plot,
-                 as_json) -> None:
+def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed, batch_size, max_new_tokens, out,
+                 resume, force, compare_model, plot, as_json, **model) -> None:
     """Measure next-term accuracy on the sequences in FILE.
 
     Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
@@ -167,11 +204,11 @@ def eval_command(sequence_file, model, checkpoint, repo, revision, dtype, cache_
     if len(sequences.problems) > 10:
         click.echo(f"{sequence_file}: {len(sequences.problems) - 10} more lines skipped", err=True)
 
-    predictor = load(model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype,
-                     max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    predictor = load(**load_options(**model), max_new_tokens=max_new_tokens)
     other = None
     if compare_model is not None:
-        other = load(compare_model, dtype=dtype, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+        other = load(compare_model, dtype=model["dtype"], max_new_tokens=max_new_tokens,
+                     cache_dir=model["cache_dir"], keep_quantized=model["keep_quantized"])
     plan = plan_items(sequences.sequences, Task(given, predict_terms), predictor.max_positions, limit, shuffle, seed)
     if not plan.items:
         raise UserError(f"no sequence in {sequence_file} is long enough for this task "
@@ -256,8 +293,10 @@ def models(ctx, cache_dir, as_json) -> None:
     elif not rows:
         click.echo(f"no converted models in {ctx.obj}", err=True)
     else:
+        from convert.quantize import Quantization
+
         for row in rows:
-            variant = row["quantization"] or row["dtype"]
+            variant = Quantization(**row["quantization"]).tag if row["quantization"] else row["dtype"]
             click.echo(f"{row['name']}  {row['source']}  {row['revision'] or '-'}  {variant}  "
                        f"{row['size_bytes'] / 1e6:.1f} MB")
 
@@ -276,11 +315,11 @@ def models_rm(root, name) -> None:
 @cli.command()
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def info(model, checkpoint, repo, revision, dtype, cache_dir, as_json) -> None:
+def info(as_json, **model) -> None:
     """Show a model's configuration, source, and how MLX runs it here."""
     from .predictor import load
 
-    details = load(model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype, cache_dir=cache_dir).info()
+    details = load(**load_options(**model)).info()
     if as_json:
         click.echo(json.dumps(details))
         return

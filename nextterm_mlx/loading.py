@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.utils import load_model
+from mlx_lm.utils import dequantize_model, load_model
 
 from .errors import UserError
 
@@ -24,15 +25,27 @@ def default_compute_dtype() -> Optional[str]:
     return "float32" if on_cpu() else None
 
 
-def load_mlx_folder(folder: Path, dtype: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The model in `folder` and its config, weights cast to `dtype`
-    (None: the default for this device) and read into memory."""
+def load_mlx_folder(
+    folder: Path, dtype: Optional[str] = None, keep_quantized: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model in `folder` and its config, weights cast to `dtype` (None:
+    the default for this device) and read into memory.
+
+    Quantized weights are dequantized on a CPU, where MLX's quantized matmul
+    is scalar and 10-25x slower than float32, unless `keep_quantized`.
+    """
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     try:
         model, config = load_model(folder, lazy=True)
     except FileNotFoundError as e:
         raise UserError(f"{folder} is not a complete MLX model folder ({e}); convert the checkpoint again") from None
+    if config.get("quantization") and on_cpu() and not keep_quantized:
+        print("nextterm-mlx: dequantizing to float32 to run on the CPU, where quantized matmul is slow "
+              "(--keep-quantized to keep them)", file=sys.stderr)
+        dtype = dtype or "float32"
+        model.set_dtype(DTYPES[dtype])  # first, so that scale * q + bias is computed in `dtype`
+        model = dequantize_model(model)
     dtype = dtype or default_compute_dtype()
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])

@@ -56,7 +56,7 @@ def entries(root: Path) -> Iterator[CacheEntry]:
 
 
 def cached_conversion(
-    root: Path, key: str, source: Path, source_info: dict[str, Any], dtype: Optional[str] = None
+    root: Path, key: str, source: Path, source_info: dict[str, Any], quantization: Any = None
 ) -> Path:
     """The cache entry `key`, converting the HF folder `source` into it if absent."""
     entry = root / key
@@ -69,7 +69,7 @@ def cached_conversion(
         print(f"converting {source} to MLX (once; cached as {key})", file=sys.stderr)
         from convert.converter import convert_checkpoint  # the runtime needs it only on first use
 
-        return convert_checkpoint(source, entry, dtype=dtype, force=True, source_info=source_info)
+        return convert_checkpoint(source, entry, force=True, source_info=source_info, quantization=quantization)
 
 
 def remove_entry(root: Path, name: str) -> list[str]:

@@ -113,6 +113,11 @@ def load(
     dtype: Optional[str] = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     cache_dir: Optional[str | Path] = None,
+    q_bits: Optional[int] = None,
+    q_group_size: Optional[int] = None,
+    q_mode: Optional[str] = None,
+    q_recipe: Optional[str] = None,
+    keep_quantized: bool = False,
 ) -> Predictor:
     """Load a model for prediction.
 
@@ -126,9 +131,18 @@ def load(
     max_new_tokens: the token budget for one term (the model card's 192).
     cache_dir: where converted models are kept (default ~/.cache/nextterm-mlx,
         or NEXTTERM_MLX_CACHE).
+    q_bits, q_group_size, q_mode, q_recipe: use a quantized variant (4 or
+        8 bits; group 32, 64 or 128; affine, mxfp4, mxfp8 or nvfp4; or the
+        mixed_4_8 recipe), converted from the same source and cached.
+    keep_quantized: on a CPU, run quantized weights as they are instead of
+        dequantizing them to float32 (MLX's CPU quantized matmul is slow).
     """
+    from convert.quantize import quantization_from_options
+
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
-    resolved = resolve_model(model, checkpoint=checkpoint, repo=repo, revision=revision, cache_dir=cache_dir)
-    mlx_model, config = load_mlx_folder(resolved.path, dtype)
+    quantization = quantization_from_options(q_bits, q_group_size, q_mode, q_recipe)
+    resolved = resolve_model(model, checkpoint=checkpoint, repo=repo, revision=revision,
+                             quantization=quantization, cache_dir=cache_dir)
+    mlx_model, config = load_mlx_folder(resolved.path, dtype, keep_quantized)
     return Predictor(mlx_model, config, resolved.path, resolved.name, max_new_tokens)

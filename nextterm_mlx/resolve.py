@@ -6,6 +6,8 @@
 - a published checkpoint's name ("final_latest", "best_val", a token count),
   or nothing for the default: downloaded once from the hub, converted once,
   then found in the cache with no network call.
+
+Quantized variants of a source are converted and cached beside it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import UserError
 from .hub import DEFAULT_CHECKPOINT, DEFAULT_REPO, PUBLISHED, checkpoint_name, download_checkpoint, subfolder_for
 from .meta import read_meta
 from .model_cache import cache_root, cached_conversion, entries
+
+if TYPE_CHECKING:
+    from convert.quantize import Quantization
 
 
 @dataclass
@@ -33,11 +38,13 @@ def resolve_model(
     checkpoint: Optional[str] = None,
     repo: Optional[str] = None,
     revision: Optional[str] = None,
+    quantization: Optional[Quantization] = None,
     cache_dir: Optional[str | Path] = None,
 ) -> ResolvedModel:
     """The MLX folder for `model` (a folder or a name), or for the published
-    `checkpoint` of `repo` at `revision`; by default NextTerm-440M final_latest."""
-    root = cache_root(cache_dir)
+    `checkpoint` of `repo` at `revision`; by default NextTerm-440M final_latest.
+    With `quantization`, a quantized variant converted from the same source."""
+    variant = Variant(cache_root(cache_dir), quantization)
     if model is not None and (checkpoint or repo or revision):
         raise UserError("give either --model or --checkpoint/--repo/--revision, not both")
     if model is None:
@@ -45,16 +52,16 @@ def resolve_model(
         name = checkpoint_name(checkpoint or DEFAULT_CHECKPOINT, repo)
         if name is None:
             raise UserError(f"no published checkpoint {checkpoint!r}; choose one of {published_names()}")
-        return ResolvedModel(resolve_hub(root, repo, name, revision), name)
+        return ResolvedModel(resolve_hub(variant, repo, name, revision), name)
 
     path = Path(model).expanduser()
     if path.is_dir():
-        return ResolvedModel(resolve_folder(root, path), str(model))
+        return ResolvedModel(resolve_folder(variant, path), str(model))
     if path.exists():
         raise UserError(f"model {str(model)!r} is a file, not a folder; give the checkpoint's folder")
     name = checkpoint_name(str(model))
     if name is not None:
-        return ResolvedModel(resolve_hub(root, DEFAULT_REPO, name, None), name)
+        return ResolvedModel(resolve_hub(variant, DEFAULT_REPO, name, None), name)
     raise UserError(
         f"model {str(model)!r} is neither a folder nor a model name; give a checkpoint folder "
         f"or one of {published_names()}"
@@ -65,18 +72,41 @@ def published_names() -> str:
     return ", ".join(c.name for c in PUBLISHED)
 
 
-def resolve_folder(root: Path, path: Path) -> Path:
+@dataclass
+class Variant:
+    """Where converted models go, and which variant of a source is wanted."""
+
+    root: Path
+    quantization: Optional[Quantization]
+
+    def key(self, *parts: str) -> str:
+        tag = [self.quantization.tag] if self.quantization else []
+        return "--".join([*parts, *tag])
+
+    def matches(self, meta: dict) -> bool:
+        return meta.get("quantization") == (self.quantization.to_dict() if self.quantization else None)
+
+    def convert(self, key: str, source: Path, source_info: dict) -> Path:
+        return cached_conversion(self.root, key, source, source_info, quantization=self.quantization)
+
+
+def resolve_folder(variant: Variant, path: Path) -> Path:
     if read_meta(path) is not None:
+        if variant.quantization and not variant.matches(read_meta(path)):
+            raise UserError(
+                f"{path} is already converted; to quantize, give its HF checkpoint folder or a model name "
+                "with the --q-* options, or run `nextterm-mlx convert` with them"
+            )
         return path
     if not (path / "config.json").exists():
         raise UserError(
             f"{path} has no config.json; give a NextTerm checkpoint folder (config.json + safetensors) "
             "or a folder made by `nextterm-mlx convert`"
         )
-    return convert_local_checkpoint(root, path.resolve())
+    return convert_local_checkpoint(variant, path.resolve())
 
 
-def convert_local_checkpoint(root: Path, folder: Path) -> Path:
+def convert_local_checkpoint(variant: Variant, folder: Path) -> Path:
     """A local HF folder's cache entry, keyed by its path and its files'
     sizes and times, so an edited checkpoint is converted again."""
     fingerprint = hashlib.sha256(str(folder).encode())
@@ -84,30 +114,31 @@ def convert_local_checkpoint(root: Path, folder: Path) -> Path:
         if f.is_file():
             stat = f.stat()
             fingerprint.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    key = f"local--{folder.name}--{fingerprint.hexdigest()[:16]}"
-    return cached_conversion(root, key, folder, {"path": str(folder)})
+    key = variant.key("local", folder.name, fingerprint.hexdigest()[:16])
+    return variant.convert(key, folder, {"path": str(folder)})
 
 
-def resolve_hub(root: Path, repo: str, name: str, revision: Optional[str]) -> Path:
+def resolve_hub(variant: Variant, repo: str, name: str, revision: Optional[str]) -> Path:
     """A published checkpoint's cache entry: found with no network call when
     converted before, else downloaded (only its subfolder) and converted."""
     subfolder = subfolder_for(name)
-    cached = find_hub_entry(root, repo, subfolder, revision)
+    cached = find_hub_entry(variant, repo, subfolder, revision)
     if cached is not None:
         return cached
     folder, commit = download_checkpoint(repo, subfolder, revision)
-    key = "--".join([repo.replace("/", "--"), name.replace("/", "--"), commit[:12]])
+    key = variant.key(repo.replace("/", "--"), name.replace("/", "--"), commit[:12])
     info = {"repo": repo, "revision": revision or "main", "commit": commit, "subfolder": subfolder}
-    return cached_conversion(root, key, folder, info)
+    return variant.convert(key, folder, info)
 
 
-def find_hub_entry(root: Path, repo: str, subfolder: str, revision: Optional[str]) -> Optional[Path]:
+def find_hub_entry(variant: Variant, repo: str, subfolder: str, revision: Optional[str]) -> Optional[Path]:
     """The newest entry converted from `subfolder` of `repo` at `revision`
     (a branch asked for before, or a commit sha or its prefix)."""
     wanted = revision or "main"
     matches = [
-        e for e in entries(root)
-        if e.source.get("repo") == repo
+        e for e in entries(variant.root)
+        if variant.matches(e.meta)
+        and e.source.get("repo") == repo
         and e.source.get("subfolder") == subfolder
         and (e.source.get("revision") == wanted or (len(wanted) >= 7 and e.source.get("commit", "").startswith(wanted)))
     ]
