@@ -86,7 +86,10 @@ def mlx_config(hf_config: dict[str, Any], dtype: str) -> dict[str, Any]:
     rope_theta at the top level, 5.x under rope_parameters); transformers'
     own defaults fill what it leaves out, so both runtimes build one model.
     """
-    config = {k: v for k, v in hf_config.items() if k not in ("torch_dtype", "dtype")}
+    # Keys that would make a loader import code from the folder are dropped:
+    # nothing from a checkpoint is ever executed.
+    dropped = ("torch_dtype", "dtype", "auto_map", "model_file")
+    config = {k: v for k, v in hf_config.items() if k not in dropped}
     for key, default in QWEN3_DEFAULTS.items():
         config.setdefault(key, default)
     config["model_type"] = "qwen3"

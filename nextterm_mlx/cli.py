@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from . import __version__
-from .decode import DEFAULT_MAX_NEW_TOKENS, Prediction
+from .decode import DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
 from .loading import DTYPES
@@ -97,8 +97,15 @@ def cli() -> None:
               help="How many next terms to predict, each fed back for the next.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS,
               show_default=True, help="Token budget for one term.")
+@click.option("--beams", type=click.IntRange(min=1), default=None,
+              help="Rank candidate next terms by beam search with this many beams.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="How many candidates to show with --beams (default: the number of beams).")
+@click.option("--strict", is_flag=True,
+              help="Only allow tokens that form a canonical integer (off by default: plain greedy is the "
+              "reference's decoding).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sequence.")
-def predict(terms, n_terms, max_new_tokens, as_json, **model) -> None:
+def predict(terms, n_terms, max_new_tokens, beams, top, strict, as_json, **model) -> None:
     """Predict the next term(s) of TERMS, e.g. `predict 1 1 2 3 5 8` prints 13.
 
     Terms may be separated by spaces or commas; negative terms are typed bare
@@ -118,22 +125,30 @@ def predict(terms, n_terms, max_new_tokens, as_json, **model) -> None:
 
     from .predictor import load
 
+    if top is not None and beams is None:
+        raise UserError("--top needs --beams, e.g. --beams 8 --top 3")
+    if beams is not None and n_terms > 1:
+        raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
     predictor = load(**load_options(**model), max_new_tokens=max_new_tokens)
     for sequence in sequences:
-        predictions = predictor.continue_sequence(sequence, n_terms)
-        if as_json:
-            record = {"model": predictor.name, "terms": sequence,
-                      "predictions": [p.to_dict() for p in predictions]}
-            click.echo(json.dumps(record))
-        else:
-            click.echo(format_plain(predictions))
+        predictions = predictor.continue_sequence(sequence, n_terms, strict=strict)
+        record = {"model": predictor.name, "terms": sequence, "predictions": [p.to_dict() for p in predictions]}
+        if beams is not None:
+            record.update(predictor.candidates(sequence, beams, top, strict).to_dict())
+        click.echo(json.dumps(record) if as_json else format_plain(record))
 
 
-def format_plain(predictions: list[Prediction]) -> str:
-    words = [str(p.value) for p in predictions if p.value is not None]
-    last = predictions[-1]
-    if last.value is None:
-        words.append(f"(no term: {last.stop})")
+def format_plain(record: dict) -> str:
+    """The next terms on one line; with candidates, a small table."""
+    if "candidates" in record:
+        lines = [f"{'candidate':>12}  {'prob':>8}  logprob"]
+        lines += [f"{c['value']:>12}  {c['prob']:8.4f}  {c['logprob']:.4f}" for c in record["candidates"]]
+        lines.append(f"{'no integer':>12}  {record['no_term_prob']:8.4f}")
+        return "\n".join(lines)
+    predictions = record["predictions"]
+    words = [str(p["value"]) for p in predictions if p["value"] is not None]
+    if predictions[-1]["value"] is None:
+        words.append(f"(no term: {predictions[-1]['stop']})")
     return " ".join(words)
 
 
@@ -185,9 +200,11 @@ def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_si
               help="Also run this model and report agreement with it.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw accuracy by bucket into this PNG (needs matplotlib).")
+@click.option("--beams", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rank candidates by beam search and report top-1 and top-K accuracy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed, batch_size, max_new_tokens, out,
-                 resume, force, compare_model, plot, as_json, **model) -> None:
+                 resume, force, compare_model, plot, beams, as_json, **model) -> None:
     """Measure next-term accuracy on the sequences in FILE.
 
     Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
@@ -198,6 +215,8 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     from .sequence_files import read_sequence_file
 
     check_results_file(out, resume, force)
+    if beams > 1 and (predict_terms > 1 or compare_model):
+        raise UserError("--beams ranks candidates for one next term; drop --predict-terms/--compare or --beams")
     sequences = read_sequence_file(sequence_file, fmt)
     for problem in sequences.problems[:10]:
         click.echo(f"{sequence_file}: {problem} (skipped)", err=True)
@@ -213,7 +232,7 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     if not plan.items:
         raise UserError(f"no sequence in {sequence_file} is long enough for this task "
                         f"({plan.skipped['too_short']} too short); lower --given or --predict-terms")
-    summary = evaluate(predictor, plan.items, out, batch_size=batch_size, resume=resume, other=other)
+    summary = evaluate(predictor, plan.items, out, batch_size=batch_size, resume=resume, other=other, beams=beams)
     if summary is None:  # another rank reports
         return
     summary = {"model": predictor.name, "file": str(sequence_file), "format": sequences.format,
@@ -240,6 +259,9 @@ def format_summary(summary: dict) -> str:
         f"generated tok/s (prefill {speed['prefill_tokens_per_second']:.0f} tok/s, "
         f"decode {speed['decode_tokens_per_second']:.1f} tok/s)",
     ]
+    if "top_k_accuracy" in summary:
+        lines.append(f"top-{summary['beams']}     {summary['top_k_accuracy']:.2%} (answer among the "
+                     f"{summary['beams']} beam search candidates)")
     if "compare" in summary:
         compare = summary["compare"]
         lines.append(f"compare   {compare['other_model']}: accuracy {compare['other_accuracy']:.2%}, "
@@ -333,6 +355,8 @@ def info(as_json, **model) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; a user's mistake ends in one line on stderr and exit code 2."""
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)  # OEIS terms run to thousands of digits
     try:
         cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
     except UserError as e:

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from .vocab import PAD, SEP, STOP_REASONS, decode_term
+from .vocab import PAD, SEP, STOP_REASONS, decode_term, strict_allowed
 
 DEFAULT_MAX_NEW_TOKENS = 192
 
@@ -84,6 +84,13 @@ def greedy_step(logits: mx.array) -> tuple[list[int], list[float]]:
     return tokens.tolist(), logprobs.tolist()
 
 
+def mask_to_integers(logits: mx.array, terms: list[list[int]]) -> mx.array:
+    """Logits with every token that cannot continue each row's partial term
+    into a canonical integer set to -inf."""
+    allowed = mx.array([strict_allowed(term) for term in terms])
+    return mx.where(allowed, logits, -mx.inf)
+
+
 @dataclass
 class _Row:
     predictions: list[Prediction] = field(default_factory=list)
@@ -97,12 +104,14 @@ def decode(
     n_terms: int = 1,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stats: Optional[DecodeStats] = None,
+    strict: bool = False,
 ) -> list[list[Prediction]]:
     """The next `n_terms` terms of each prompt, decoded greedily in one batch.
 
     Prompts of different lengths are left-padded; a row leaves the batch when
     it has its terms or the model gives no next term (the last prediction's
-    `stop` says why).
+    `stop` says why). `strict` masks the logits so that only canonical
+    integers can come out (log-probabilities are then over allowed tokens).
     """
     stats = stats if stats is not None else DecodeStats()
     started = time.perf_counter()
@@ -122,6 +131,8 @@ def decode(
     rows = [_Row() for _ in prompts]
     active = list(range(len(prompts)))
     while True:
+        if strict:
+            logits = mask_to_integers(logits, [rows[index].tokens for index in active])
         next_tokens, logprobs = greedy_step(logits)
         stats.generated_tokens += len(active)
         keep = []

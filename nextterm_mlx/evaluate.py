@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .decode import DecodeStats
 from .distributed import all_gather_bytes, world
 from .errors import UserError
+from .beam import Candidates
 from .predictor import Predictor
 from .sequence_files import Sequence
 from .vocab import encode_prompt
@@ -107,6 +108,23 @@ def result_line(item: Item, predictions: list, other: Optional[list] = None) -> 
     return line
 
 
+def beam_result_line(item: Item, found: Candidates, beams: int) -> dict[str, Any]:
+    """One line of the results file when ranking candidates: top-1 and top-K."""
+    values = [c.value for c in found.candidates]
+    return {
+        "id": item.id,
+        "given": len(item.given),
+        "expected": item.expected[0],
+        "predicted": values[0] if values else None,
+        "correct": bool(values) and values[0] == item.expected[0],
+        "top_k_correct": item.expected[0] in values,
+        "beams": beams,
+        "candidates": values,
+        "stop": "separator" if values else "no_candidate",
+        "tokens": len(found.candidates[0].tokens) if values else 0,
+    }
+
+
 def read_results(path: Path) -> list[dict[str, Any]]:
     """The complete result lines of a results file; a line cut short by a
     crash mid-write is dropped (that sequence is evaluated again)."""
@@ -140,6 +158,7 @@ def run_eval(
     resume: bool = False,
     other: Optional[Predictor] = None,
     progress: bool = True,
+    beams: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Evaluate `items`, appending to `out` batch by batch; all results in
     the items' order (earlier ones included when resuming) and this run's
@@ -166,9 +185,12 @@ def run_eval(
             batch = todo[start : start + batch_size]
             given = [item.given for item in batch]
             n_terms = len(batch[0].expected)
-            predictions = predictor.continue_batch(given, n_terms, stats)
-            others = other.continue_batch(given, n_terms, other_stats) if other else [None] * len(batch)
-            lines = [result_line(item, p, o) for item, p, o in zip(batch, predictions, others)]
+            if beams > 1:
+                lines = [beam_result_line(item, predictor.candidates(item.given, beams), beams) for item in batch]
+            else:
+                predictions = predictor.continue_batch(given, n_terms, stats)
+                others = other.continue_batch(given, n_terms, other_stats) if other else [None] * len(batch)
+                lines = [result_line(item, p, o) for item, p, o in zip(batch, predictions, others)]
             if sink is not None:
                 sink.write("".join(json.dumps(line) + "\n" for line in lines))
                 sink.flush()
@@ -220,6 +242,7 @@ def evaluate(
     resume: bool = False,
     other: Optional[Predictor] = None,
     progress: bool = True,
+    beams: int = 1,
 ) -> Optional[dict[str, Any]]:
     """Evaluate `items` on this process's share of the distributed group and
     return the summary of all ranks' results on rank 0 (None elsewhere).
@@ -229,7 +252,7 @@ def evaluate(
     rank, size = group.rank(), group.size()
     part = out if out is None or size == 1 else out.with_name(f"{out.name}.rank{rank}-of-{size}")
     results, work = run_eval(predictor, items[rank::size], part, batch_size=batch_size, resume=resume,
-                             other=other, progress=progress and rank == 0)
+                             other=other, progress=progress and rank == 0, beams=beams)
     if size > 1:
         shares = [json.loads(b) for b in all_gather_bytes(group, json.dumps([results, work]).encode())]
         order = {item.id: index for index, item in enumerate(items)}
@@ -296,6 +319,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "by_answer_digits": accuracy_table(results, lambda r: answer_digits(r["expected"]), DIGIT_BUCKETS),
         "by_given_terms": accuracy_table(results, lambda r: r["given"], GIVEN_BUCKETS),
     }
+    if results and "top_k_correct" in results[0]:
+        summary["beams"] = results[0]["beams"]
+        summary["top_k_accuracy"] = sum(bool(r["top_k_correct"]) for r in results) / total
     if results and "other_predicted" in results[0]:
         other_correct = sum(bool(r["other_correct"]) for r in results)
         summary["compare"] = {

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 from filelock import FileLock
 
 from .errors import UserError
-from .meta import read_meta
+from .meta import damage, read_meta
 
 LOCKS_DIR = ".locks"
 
@@ -58,18 +58,27 @@ def entries(root: Path) -> Iterator[CacheEntry]:
 def cached_conversion(
     root: Path, key: str, source: Path, source_info: dict[str, Any], quantization: Any = None
 ) -> Path:
-    """The cache entry `key`, converting the HF folder `source` into it if absent."""
+    """The cache entry `key`, converting the HF folder `source` into it if
+    absent or damaged (a file changed or missing since conversion)."""
     entry = root / key
-    if read_meta(entry) is not None:
+    if intact(entry):
         return entry
     (root / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / LOCKS_DIR / f"{key}.lock")):
-        if read_meta(entry) is not None:  # another process converted it while we waited
+        if intact(entry):  # another process converted it while we waited
             return entry
+        if entry.exists():
+            problem = damage(entry, read_meta(entry) or {})
+            print(f"cache entry {key} is damaged ({problem}); converting it again", file=sys.stderr)
         print(f"converting {source} to MLX (once; cached as {key})", file=sys.stderr)
         from convert.converter import convert_checkpoint  # the runtime needs it only on first use
 
         return convert_checkpoint(source, entry, force=True, source_info=source_info, quantization=quantization)
+
+
+def intact(entry: Path) -> bool:
+    meta = read_meta(entry)
+    return meta is not None and damage(entry, meta) is None
 
 
 def remove_entry(root: Path, name: str) -> list[str]:

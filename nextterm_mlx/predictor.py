@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import mlx.nn as nn
+from .beam import Candidates, beam_search, greedy_candidates
 from .decode import DEFAULT_MAX_NEW_TOKENS, DecodeStats, Prediction, decode
 from .errors import UserError
 from .loading import load_mlx_folder
 from .meta import read_meta
 from .resolve import resolve_model
 from .vocab import encode_prompt
+
+
+# NextTerm-440M was trained on 4,096-token contexts.
+TRAINING_CONTEXT = 4096
 
 
 class Predictor:
@@ -63,34 +70,64 @@ class Predictor:
             "blas": blas.describe(),
         }
 
-    def predict(self, terms: Sequence[int]) -> Prediction:
-        """The next term of `terms`, e.g. 13 for [1, 1, 2, 3, 5, 8]."""
-        return self.continue_sequence(terms, 1)[0]
+    def predict(self, terms: Sequence[int], strict: bool = False) -> Prediction:
+        """The next term of `terms`, e.g. 13 for [1, 1, 2, 3, 5, 8].
 
-    def continue_sequence(self, terms: Sequence[int], n: int) -> list[Prediction]:
+        strict: mask the logits so that only a canonical integer can come
+        out (off by default: plain greedy decoding is the reference's)."""
+        return self.continue_sequence(terms, 1, strict)[0]
+
+    def continue_sequence(self, terms: Sequence[int], n: int, strict: bool = False) -> list[Prediction]:
         """The next `n` terms, each predicted from the sequence extended by the
         ones before it. Stops early, with the reason in the last prediction's
         `stop`, when the model gives no next term."""
-        return self.continue_batch([terms], n)[0]
+        return self.continue_batch([terms], n, strict=strict)[0]
 
     def continue_batch(
-        self, sequences: Sequence[Sequence[int]], n: int = 1, stats: Optional[DecodeStats] = None
+        self,
+        sequences: Sequence[Sequence[int]],
+        n: int = 1,
+        stats: Optional[DecodeStats] = None,
+        strict: bool = False,
     ) -> list[list[Prediction]]:
         """`continue_sequence` for several sequences at once, decoded as one
         left-padded batch: faster per sequence, same predictions."""
         if n < 1:
             raise UserError(f"the number of terms to predict must be at least 1, not {n}")
         prompts = [self.prompt(terms) for terms in sequences]
-        return decode(self.model, prompts, n, self.max_new_tokens, stats)
+        return decode(self.model, prompts, n, self.max_new_tokens, stats, strict)
+
+    def candidates(
+        self, terms: Sequence[int], beams: int = 4, top: Optional[int] = None, strict: bool = False
+    ) -> Candidates:
+        """The `top` (default: `beams`) most likely next terms by beam search
+        with `beams` beams, best first, with their probabilities. One beam is
+        exactly greedy decoding."""
+        if beams < 1:
+            raise UserError(f"the number of beams must be at least 1, not {beams}")
+        top = beams if top is None else top
+        if not 1 <= top <= beams:
+            raise UserError(f"top must be between 1 and the number of beams ({beams}), not {top}")
+        prompt = self.prompt(terms)
+        if beams == 1:
+            prediction = decode(self.model, [prompt], 1, self.max_new_tokens, strict=strict)[0][0]
+            return greedy_candidates(prediction)
+        return beam_search(self.model, prompt, beams, top, self.max_new_tokens, strict)
 
     def prompt(self, terms: Sequence[int]) -> list[int]:
         """The token ids for `terms`, refused if longer than the model can read."""
-        prompt = encode_prompt(check_terms(terms))
-        if len(prompt) > self.max_positions:
+        terms = check_terms(terms)
+        # Digits from bit lengths: a term longer than the model can read is
+        # refused before it is written out.
+        digits = max(abs(t).bit_length() for t in terms) * math.log10(2)
+        if digits >= self.max_positions or len(prompt := encode_prompt(terms)) > self.max_positions:
             raise UserError(
-                f"the sequence is {len(prompt)} tokens long, more than the model's limit of "
-                f"{self.max_positions} (max_position_embeddings); give fewer or shorter terms"
+                f"the sequence is longer than the model's limit of {self.max_positions} tokens "
+                "(max_position_embeddings); give fewer or shorter terms"
             )
+        if len(prompt) > TRAINING_CONTEXT:
+            print(f"nextterm-mlx: warning: the sequence is {len(prompt)} tokens long, more than the "
+                  f"{TRAINING_CONTEXT} NextTerm-440M was trained on; predictions may be poor", file=sys.stderr)
         return prompt
 
 
@@ -100,7 +137,7 @@ def check_terms(terms: Sequence[int]) -> list[int]:
         raise UserError("no terms given; give at least one integer, e.g. 1 1 2 3 5 8")
     for term in terms:
         if isinstance(term, bool) or not isinstance(term, int):
-            raise UserError(f"term {term!r} is not an integer; give whole numbers such as 1 2 3")
+            raise UserError(f"term {str(term)[:40]!r} is not an integer; give whole numbers such as 1 2 3")
     return terms
 
 

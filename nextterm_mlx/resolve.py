@@ -5,7 +5,8 @@
   into the cache and reused while its files are unchanged;
 - a published checkpoint's name ("final_latest", "best_val", a token count),
   or nothing for the default: downloaded once from the hub, converted once,
-  then found in the cache with no network call.
+  then found in the cache with no network call;
+- "tiny": the toy model shipped in the package, converted on first use.
 
 Quantized variants of a source are converted and cached beside it.
 """
@@ -19,11 +20,17 @@ from typing import TYPE_CHECKING, Optional
 
 from .errors import UserError
 from .hub import DEFAULT_CHECKPOINT, DEFAULT_REPO, PUBLISHED, checkpoint_name, download_checkpoint, subfolder_for
-from .meta import read_meta
+from .meta import damage, read_meta
 from .model_cache import cache_root, cached_conversion, entries
 
 if TYPE_CHECKING:
     from convert.quantize import Quantization
+
+
+# A toy model shipped in the package, trained by scripts/train_tiny.py, for
+# trying the tool offline: not NextTerm-440M.
+TINY_NAME = "tiny"
+TINY_CHECKPOINT = Path(__file__).parent / "models" / "tiny"
 
 
 @dataclass
@@ -54,6 +61,8 @@ def resolve_model(
             raise UserError(f"no published checkpoint {checkpoint!r}; choose one of {published_names()}")
         return ResolvedModel(resolve_hub(variant, repo, name, revision), name)
 
+    if str(model) == TINY_NAME:
+        return ResolvedModel(convert_local_checkpoint(variant, TINY_CHECKPOINT), TINY_NAME)
     path = Path(model).expanduser()
     if path.is_dir():
         return ResolvedModel(resolve_folder(variant, path), str(model))
@@ -69,7 +78,7 @@ def resolve_model(
 
 
 def published_names() -> str:
-    return ", ".join(c.name for c in PUBLISHED)
+    return ", ".join([c.name for c in PUBLISHED] + [TINY_NAME])
 
 
 @dataclass
@@ -91,8 +100,12 @@ class Variant:
 
 
 def resolve_folder(variant: Variant, path: Path) -> Path:
-    if read_meta(path) is not None:
-        if variant.quantization and not variant.matches(read_meta(path)):
+    meta = read_meta(path)
+    if meta is not None:
+        problem = damage(path, meta)
+        if problem:
+            raise UserError(f"{path} is damaged: {problem}; convert the checkpoint again (--force)")
+        if variant.quantization and not variant.matches(meta):
             raise UserError(
                 f"{path} is already converted; to quantize, give its HF checkpoint folder or a model name "
                 "with the --q-* options, or run `nextterm-mlx convert` with them"
@@ -138,6 +151,7 @@ def find_hub_entry(variant: Variant, repo: str, subfolder: str, revision: Option
     matches = [
         e for e in entries(variant.root)
         if variant.matches(e.meta)
+        and damage(e.path, e.meta) is None  # a damaged entry is converted again
         and e.source.get("repo") == repo
         and e.source.get("subfolder") == subfolder
         and (e.source.get("revision") == wanted or (len(wanted) >= 7 and e.source.get("commit", "").startswith(wanted)))

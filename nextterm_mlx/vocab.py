@@ -59,3 +59,26 @@ def decode_term(tokens: Sequence[int]) -> Optional[int]:
         return None
     value = int("".join(str(d) for d in digits))
     return -value if negative else value
+
+
+def strict_allowed(term: Sequence[int]) -> list[bool]:
+    """Which tokens may follow the partial term `term` so that it can still
+    become a canonical integer: an optional NEG, no leading zero, no "-0",
+    and the separator only after a complete number."""
+    negative = len(term) > 0 and term[0] == NEG
+    digits = term[1:] if negative else term
+    allowed = [False] * VOCAB_SIZE
+    if not term:
+        for t in range(10):
+            allowed[t] = True
+        allowed[NEG] = True
+    elif not digits:  # just "-": a nonzero digit must follow
+        for t in range(1, 10):
+            allowed[t] = True
+    elif digits[0] == 0:  # "0" is complete; nothing may follow it
+        allowed[SEP] = True
+    else:
+        for t in range(10):
+            allowed[t] = True
+        allowed[SEP] = True
+    return allowed
