@@ -34,7 +34,8 @@ def parse_terms(words: list[str]) -> list[int]:
 
 
 def model_options(command):
-    """The options that choose and load a model, shared by every command that loads one."""
+    """The options that choose and load a model, shared by every command that
+    loads one; their names are nextterm_mlx.load's keyword arguments."""
     options = [
         click.option("--model", metavar="NAME|PATH", default=None,
                      help="A published checkpoint's name, a NextTerm checkpoint folder (HF format, converted "
@@ -50,6 +51,9 @@ def model_options(command):
         click.option("--cache-dir", metavar="DIR", default=None,
                      help="Converted-model cache (default ~/.cache/nextterm-mlx or $NEXTTERM_MLX_CACHE)."),
         *quantization_options(),
+        click.option("--speculate", is_flag=True,
+                     help="Speculative decoding with drafts from the sequence itself: same answers, "
+                     "fewer forward passes."),
         click.option("--keep-quantized", is_flag=True,
                      help="On a CPU, run quantized weights as they are (by default they are dequantized "
                      "to float32: MLX's CPU quantized matmul is 10-25x slower)."),
@@ -74,14 +78,6 @@ def quantization_options() -> list:
 
 def as_int(ctx, param, value):
     return None if value is None else int(value)
-
-
-def load_options(model, checkpoint, repo, revision, dtype, cache_dir, q_bits, q_group_size, q_mode, q_recipe,
-                 keep_quantized) -> dict:
-    """model_options' values as keyword arguments of nextterm_mlx.load."""
-    return dict(model=model, checkpoint=checkpoint, repo=repo, revision=revision, dtype=dtype,
-                cache_dir=cache_dir, q_bits=q_bits, q_group_size=q_group_size, q_mode=q_mode,
-                q_recipe=q_recipe, keep_quantized=keep_quantized)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +125,7 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, as_json, **model
         raise UserError("--top needs --beams, e.g. --beams 8 --top 3")
     if beams is not None and n_terms > 1:
         raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
-    predictor = load(**load_options(**model), max_new_tokens=max_new_tokens)
+    predictor = load(**model, max_new_tokens=max_new_tokens)
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms, strict=strict)
         record = {"model": predictor.name, "terms": sequence, "predictions": [p.to_dict() for p in predictions]}
@@ -223,7 +219,7 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     if len(sequences.problems) > 10:
         click.echo(f"{sequence_file}: {len(sequences.problems) - 10} more lines skipped", err=True)
 
-    predictor = load(**load_options(**model), max_new_tokens=max_new_tokens)
+    predictor = load(**model, max_new_tokens=max_new_tokens)
     other = None
     if compare_model is not None:
         other = load(compare_model, dtype=model["dtype"], max_new_tokens=max_new_tokens,
@@ -270,6 +266,20 @@ def format_summary(summary: dict) -> str:
         lines.append(f"by {label}:")
         lines += [f"  {bucket:>8}  {b['accuracy']:7.2%}  n={b['n']}" for bucket, b in summary[key].items()]
     return "\n".join(lines)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def bench(ctx) -> None:
+    """Measure speed side by side: nextterm-mlx, stock MLX, mlx-lm, transformers.
+
+    Options: --quick (under 10 minutes), --json PATH, --work DIR (where the
+    random 440M-shape checkpoint is kept), --oeis PATH (prompts' shape).
+    Needs the reference extra (torch, transformers).
+    """
+    from .bench import main as bench_main
+
+    bench_main(ctx.args)
 
 
 @cli.command()
@@ -341,7 +351,7 @@ def info(as_json, **model) -> None:
     """Show a model's configuration, source, and how MLX runs it here."""
     from .predictor import load
 
-    details = load(**load_options(**model)).info()
+    details = load(**model).info()
     if as_json:
         click.echo(json.dumps(details))
         return

@@ -77,11 +77,11 @@ def prefill(model: nn.Module, tokens: mx.array, cache: list[Any]) -> mx.array:
     return logits[:, -1].astype(mx.float32)
 
 
-def greedy_step(logits: mx.array) -> tuple[list[int], list[float]]:
-    """The most likely token of each row and its log-probability."""
+def greedy_step(logits: mx.array) -> tuple[mx.array, mx.array]:
+    """The most likely token of each row and its log-probability (lazy)."""
     tokens = mx.argmax(logits, axis=-1)
     logprobs = mx.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
-    return tokens.tolist(), logprobs.tolist()
+    return tokens, logprobs
 
 
 def mask_to_integers(logits: mx.array, terms: list[list[int]]) -> mx.array:
@@ -130,10 +130,17 @@ def decode(
     started = time.perf_counter()
     rows = [_Row() for _ in prompts]
     active = list(range(len(prompts)))
+    if strict:
+        logits = mask_to_integers(logits, [[] for _ in prompts])
+    step = greedy_step(logits)
     while True:
-        if strict:
-            logits = mask_to_integers(logits, [rows[index].tokens for index in active])
-        next_tokens, logprobs = greedy_step(logits)
+        if not strict:
+            # Feed this step's tokens before reading them on the host, so the
+            # next forward pass overlaps the bookkeeping; a row that turns out
+            # to be finished is dropped from its result and from the cache.
+            following = greedy_step(model(step[0][:, None], cache=cache)[:, -1].astype(mx.float32))
+            mx.async_eval(*following)
+        next_tokens, logprobs = step[0].tolist(), step[1].tolist()
         stats.generated_tokens += len(active)
         keep = []
         for position, (index, token, logprob) in enumerate(zip(active, next_tokens, logprobs)):
@@ -149,12 +156,18 @@ def decode(
             keep.append(position)
         if not keep:
             break
-        inputs = mx.array(next_tokens)[:, None]
         if len(keep) < len(active):
+            kept = mx.array(keep)
             for layer_cache in cache:
-                layer_cache.filter(mx.array(keep))
-            inputs = inputs[mx.array(keep)]
+                layer_cache.filter(kept)
             active = [active[p] for p in keep]
-        logits = model(inputs, cache=cache)[:, -1].astype(mx.float32)
+            step = (step[0][kept], step[1][kept])
+            if not strict:
+                following = (following[0][kept], following[1][kept])
+        if strict:
+            logits = model(step[0][:, None], cache=cache)[:, -1].astype(mx.float32)
+            step = greedy_step(mask_to_integers(logits, [rows[index].tokens for index in active]))
+        else:
+            step = following
     stats.decode_seconds += time.perf_counter() - started
     return [row.predictions for row in rows]

@@ -14,6 +14,8 @@ from .errors import UserError
 from .loading import load_mlx_folder
 from .meta import read_meta
 from .resolve import resolve_model
+from .speculative import SpeculationStats, decode_speculative
+from .static_cache import compiled_step_pays, decode_one
 from .vocab import encode_prompt
 
 
@@ -31,12 +33,17 @@ class Predictor:
         path: Path,
         name: str,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        speculate: bool = False,
     ):
         self.model = model
         self.config = config
         self.path = path
         self.name = name
         self.max_new_tokens = max_new_tokens
+        # Speculative decoding gives the same predictions; it only changes speed.
+        self.speculate = speculate
+        self.speculation = SpeculationStats()
+        self.compiled_step = compiled_step_pays(model)
 
     @property
     def max_positions(self) -> int:
@@ -95,6 +102,11 @@ class Predictor:
         if n < 1:
             raise UserError(f"the number of terms to predict must be at least 1, not {n}")
         prompts = [self.prompt(terms) for terms in sequences]
+        if self.speculate and not strict:
+            return [decode_speculative(self.model, prompt, n, self.max_new_tokens, stats, self.speculation)
+                    for prompt in prompts]
+        if len(prompts) == 1 and not strict and self.compiled_step:
+            return [decode_one(self.model, prompts[0], n, self.max_new_tokens, stats)]
         return decode(self.model, prompts, n, self.max_new_tokens, stats, strict)
 
     def candidates(
@@ -155,6 +167,7 @@ def load(
     q_mode: Optional[str] = None,
     q_recipe: Optional[str] = None,
     keep_quantized: bool = False,
+    speculate: bool = False,
 ) -> Predictor:
     """Load a model for prediction.
 
@@ -173,6 +186,8 @@ def load(
         mixed_4_8 recipe), converted from the same source and cached.
     keep_quantized: on a CPU, run quantized weights as they are instead of
         dequantizing them to float32 (MLX's CPU quantized matmul is slow).
+    speculate: decode one sequence at a time with drafts from prompt lookup,
+        verified so that the predictions are exactly greedy decoding's.
     """
     from convert.quantize import quantization_from_options
 
@@ -182,4 +197,4 @@ def load(
     resolved = resolve_model(model, checkpoint=checkpoint, repo=repo, revision=revision,
                              quantization=quantization, cache_dir=cache_dir)
     mlx_model, config = load_mlx_folder(resolved.path, dtype, keep_quantized)
-    return Predictor(mlx_model, config, resolved.path, resolved.name, max_new_tokens)
+    return Predictor(mlx_model, config, resolved.path, resolved.name, max_new_tokens, speculate)

@@ -1,0 +1,78 @@
+"""transformers' side of the benchmark: CPU prefill and decode, one at a time and batched.
+
+    python -m convert.bench_reference CHECKPOINT DTYPE PROMPTS.json [--batch 32] [--new-tokens 16]
+
+Prints one JSON object. Decoding is forced to run the full number of new
+tokens (random weights would stop anywhere), so tok/s compare like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from nextterm_mlx.vocab import PAD, encode_prompt
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint")
+    parser.add_argument("dtype", choices=["bfloat16", "float32"])
+    parser.add_argument("prompts")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eval-new-tokens", type=int, default=8)
+    args = parser.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype)).eval()
+    sequences = json.load(open(args.prompts))
+    prompt = torch.tensor([encode_prompt(sequences["single"])])
+
+    def generate(ids, new_tokens, attention_mask=None):
+        with torch.no_grad():
+            return model.generate(ids, attention_mask=attention_mask if attention_mask is not None
+                                  else torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  do_sample=False, pad_token_id=PAD)
+
+    with torch.no_grad():
+        prefill = timed(lambda: model(prompt), args.repeats)
+    total = timed(lambda: generate(prompt, args.new_tokens + 1), args.repeats)
+    decode_tok_s = args.new_tokens / max(total - prefill, 1e-9)
+
+    eval_prompts = [encode_prompt(terms) for terms in sequences["eval"]]
+    started = time.perf_counter()
+    for start in range(0, len(eval_prompts), args.batch):
+        batch = eval_prompts[start : start + args.batch]
+        longest = max(map(len, batch))
+        ids = torch.tensor([[PAD] * (longest - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in batch])
+        generate(ids, args.eval_new_tokens, mask)
+    eval_seconds = time.perf_counter() - started
+    print(json.dumps({
+        "prompt_tokens": prompt.shape[1],
+        "prefill_seconds": prefill,
+        "decode_tok_s": decode_tok_s,
+        "eval_batch": args.batch,
+        "eval_sequences_per_second": len(eval_prompts) / eval_seconds,
+        "torch_threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

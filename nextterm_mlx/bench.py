@@ -1,0 +1,376 @@
+"""Speed, side by side in one run: nextterm-mlx, stock MLX, mlx-lm, transformers.
+
+Each configuration runs in its own process (the BLAS is chosen when mlx is
+imported): this module is both the orchestrator (`nextterm-mlx bench`) and
+the worker it starts (`python -m nextterm_mlx.bench --worker NAME ...`).
+Every figure is the median of `repeats` runs. The 440M-shape checkpoint has
+random weights: its answers mean nothing, so decoding figures are tokens/s
+over whatever it generates, and transformers is forced to generate the same
+number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH_PARAMETERS_440M = 440_500_224
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# --- workers: each runs in a fresh process -------------------------------------------------
+
+def worker_mlx_lm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
+    """mlx-lm's own generate_step on the converted model, in float32."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from nextterm_mlx import blas
+    from nextterm_mlx.loading import load_mlx_folder
+    from nextterm_mlx.vocab import encode_prompt
+
+    model, _ = load_mlx_folder(Path(model_path), "float32")
+    prompt = mx.array(encode_prompt(prompts["single"]))
+
+    def prefill():
+        mx.eval(model(prompt[None], cache=make_prompt_cache(model)))
+
+    def decode_rate():
+        started = None
+        for count, _ in enumerate(generate_step(prompt, model, max_tokens=new_tokens + 1,
+                                                sampler=lambda x: mx.argmax(x, axis=-1))):
+            if count == 0:
+                started = time.perf_counter()
+        return new_tokens / (time.perf_counter() - started)
+
+    prefill()
+    return {"blas": blas.describe(), "prompt_tokens": int(prompt.size), "prefill_seconds": median_time(prefill, repeats),
+            "decode_tok_s": statistics.median(decode_rate() for _ in range(repeats))}
+
+
+def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
+    """nextterm-mlx's own paths: prefill, decode, terms, verify cost, batched eval."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    import nextterm_mlx
+    from nextterm_mlx import blas
+    from nextterm_mlx.decode import DecodeStats, prefill
+    from nextterm_mlx.vocab import encode_prompt
+
+    predictor = nextterm_mlx.load(model_path, dtype="float32", max_new_tokens=new_tokens)
+    model = predictor.model
+    prompt = mx.array([encode_prompt(prompts["single"])])
+
+    def prefill_once():
+        mx.eval(prefill(model, prompt, make_prompt_cache(model)))
+
+    prefill_once()
+    result = {"blas": blas.describe(), "prompt_tokens": int(prompt.size),
+              "prefill_seconds": median_time(prefill_once, repeats)}
+
+    rates = []
+    for _ in range(repeats):
+        stats = DecodeStats()
+        while stats.generated_tokens < 4 * new_tokens:
+            predictor.continue_batch([prompts["single"]], 10, stats)
+        rates.append(stats.generated_tokens / stats.decode_seconds)
+    result["decode_tok_s"] = statistics.median(rates)
+    result["first_term_seconds"] = median_time(lambda: predictor.predict(prompts["single"]), repeats)
+    result["ten_terms_seconds"] = median_time(lambda: predictor.continue_sequence(prompts["single"], 10), repeats)
+
+    cache = make_prompt_cache(model)
+    mx.eval(prefill(model, prompt, cache))
+
+    def forward(n):
+        def run():
+            mx.eval(model(mx.zeros((1, n), dtype=mx.int32), cache=cache))
+            for layer in cache:
+                layer.trim(n)
+        return run
+
+    forward(8)()
+    result["step_seconds"] = median_time(forward(1), 5 * repeats)
+    result["verify8_seconds"] = median_time(forward(8), 5 * repeats)
+
+    for batch in (1, 8, 32):
+        stats = DecodeStats()
+        started = time.perf_counter()
+        for start in range(0, len(prompts["eval"]), batch):
+            predictor.continue_batch(prompts["eval"][start : start + batch], 1, stats)
+        seconds = time.perf_counter() - started
+        result[f"eval_b{batch}"] = {
+            "sequences_per_second": len(prompts["eval"]) / seconds,
+            "prefill_tok_s": stats.prefill_tokens / stats.prefill_seconds,
+            "decode_tok_s": stats.generated_tokens / stats.decode_seconds,
+        }
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def worker_proxy(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
+    """Host-overhead-bound decoding: nextterm-mlx vs mlx-lm generate_step."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    import nextterm_mlx
+    from nextterm_mlx.decode import DecodeStats
+    from nextterm_mlx.vocab import encode_prompt
+
+    predictor = nextterm_mlx.load(model_path, dtype="float32", max_new_tokens=64)
+    prompt = mx.array(encode_prompt(prompts["single"]))
+
+    def mlx_lm_rate():
+        started = None
+        for count, _ in enumerate(generate_step(prompt, predictor.model, max_tokens=new_tokens + 1,
+                                                sampler=lambda x: mx.argmax(x, axis=-1))):
+            if count == 0:
+                started = time.perf_counter()
+        return new_tokens / (time.perf_counter() - started)
+
+    def ours_rate():
+        stats = DecodeStats()
+        while stats.generated_tokens < new_tokens:
+            predictor.continue_batch([prompts["single"]], 20, stats)
+        return stats.generated_tokens / stats.decode_seconds
+
+    mlx_lm_rate(), ours_rate()
+    return {"mlx_lm_tok_s": statistics.median(mlx_lm_rate() for _ in range(repeats)),
+            "nextterm_tok_s": statistics.median(ours_rate() for _ in range(repeats))}
+
+
+def worker_convert(hf_path: str, out: str) -> dict:
+    from convert.converter import convert_checkpoint
+
+    started = time.perf_counter()
+    convert_checkpoint(Path(hf_path), Path(out), force=True)
+    return {"seconds": time.perf_counter() - started,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def worker_bandwidth(repeats: int) -> dict:
+    import numpy as np
+
+    data = np.ones(2**28, dtype=np.float32)  # 1 GiB
+    seconds = median_time(lambda: data.sum(), repeats + 2)
+    return {"read_gb_s": data.nbytes / seconds / 1e9}
+
+
+WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "proxy": worker_proxy}
+
+
+# --- orchestrator --------------------------------------------------------------------------
+
+def run_worker(args: list[str], env: dict | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-m", "nextterm_mlx.bench", "--worker", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker {args[0]} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_reference(checkpoint: Path, dtype: str, prompts_file: Path, repeats: int, new_tokens: int) -> dict:
+    done = subprocess.run([sys.executable, "-m", "convert.bench_reference", str(checkpoint), dtype,
+                           str(prompts_file), "--repeats", str(repeats), "--new-tokens", str(new_tokens)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"transformers benchmark failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_prompts(oeis: Path | None, count: int, terms: int) -> dict:
+    """A single prompt of ~109 tokens and `count` eval prompts shaped like the
+    OEIS sample (its sequences when the file is there, else synthesized to
+    match its spread of lengths and magnitudes)."""
+    rng = random.Random(0)
+    if oeis is not None and oeis.exists():
+        from nextterm_mlx.sequence_files import read_sequence_file
+
+        sequences = [s.terms for s in read_sequence_file(oeis).sequences]
+        rng.shuffle(sequences)
+        source = f"{oeis.name}, first {terms} terms of {count} sequences"
+    else:
+        sequences = [[rng.randint(0, 10 ** rng.randint(1, 6)) * (k + 1) for k in range(40)] for _ in range(count)]
+        source = "synthesized: 40 terms of up to 7 digits"
+    single = [1, 2, 6, 24, 120, 720, 5040, 40320, 362880, 3628800, 39916800, 479001600, 6227020800,
+              87178291200, 1307674368000]
+    return {"single": single, "eval": [s[:terms] for s in sequences[:count]], "source": source}
+
+
+def ensure_checkpoints(work: Path) -> dict[str, Path]:
+    """The random 440M-shape and proxy checkpoints, made once and kept."""
+    paths = {}
+    for shape in ("440m", "proxy"):
+        hf = work / f"hf-{shape}"
+        if not (hf / "config.json").exists():
+            subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "random_checkpoint.py"),
+                            str(hf), "--shape", shape], check=True, capture_output=True)
+        paths[shape] = hf
+    return paths
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None) -> dict:
+    import mlx.core as mx
+
+    repeats = 3
+    new_tokens = 16 if quick else 32
+    prompts = bench_prompts(oeis, 64 if quick else 128, 12 if quick else 24)
+    work.mkdir(parents=True, exist_ok=True)
+    prompts_file = work / "prompts.json"
+    prompts_file.write_text(json.dumps(prompts))
+    checkpoints = ensure_checkpoints(work)
+    mlx_440m, mlx_proxy = work / "mlx-440m", work / "mlx-proxy"
+
+    print("converting the 440M-shape checkpoint", file=sys.stderr)
+    conversion = run_worker(["convert", str(checkpoints["440m"]), str(mlx_440m)])
+    run_worker(["convert", str(checkpoints["proxy"]), str(mlx_proxy)])
+    common = [json.dumps(prompts), str(repeats), str(new_tokens)]
+    print("measuring memory bandwidth", file=sys.stderr)
+    bandwidth = run_worker(["bandwidth", str(repeats)])
+    print("measuring transformers bf16 and fp32", file=sys.stderr)
+    torch_bf16 = run_reference(checkpoints["440m"], "bfloat16", prompts_file, repeats, new_tokens)
+    torch_fp32 = run_reference(checkpoints["440m"], "float32", prompts_file, repeats, new_tokens)
+    print("measuring stock MLX (bundled BLAS) with mlx-lm", file=sys.stderr)
+    stock = run_worker(["mlx_lm", str(mlx_440m), *common], {"NEXTTERM_MLX_BLAS": "0"})
+    print("measuring nextterm-mlx", file=sys.stderr)
+    ours = run_worker(["nextterm", str(mlx_440m), *common])
+    print("measuring the overhead-bound proxy", file=sys.stderr)
+    proxy = run_worker(["proxy", str(mlx_proxy), json.dumps(prompts), str(repeats), "200"])
+
+    weight_bytes = BENCH_PARAMETERS_440M * 4  # float32 on the CPU
+    report = {
+        "date": date.today().isoformat(),
+        "quick": quick,
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+                    "device": str(mx.default_device())},
+        "versions": versions(),
+        "blas": ours["blas"],
+        "prompts": prompts["source"],
+        "memory_read_gb_s": bandwidth["read_gb_s"],
+        "conversion_440m": conversion,
+        "transformers_bf16": torch_bf16,
+        "transformers_fp32": torch_fp32,
+        "stock_mlx": stock,
+        "nextterm": ours,
+        "proxy": proxy,
+    }
+    report["ratios"] = {
+        "proxy_vs_mlx_lm": ratio(proxy["nextterm_tok_s"], proxy["mlx_lm_tok_s"]),
+        "decode_vs_stock_mlx": ratio(ours["decode_tok_s"], stock["decode_tok_s"]),
+        "prefill_vs_stock_mlx": ratio(stock["prefill_seconds"], ours["prefill_seconds"]),
+        "decode_vs_transformers_fp32": ratio(ours["decode_tok_s"], torch_fp32["decode_tok_s"]),
+        "decode_vs_transformers_bf16": ratio(ours["decode_tok_s"], torch_bf16["decode_tok_s"]),
+        "verify8_vs_step": ratio(ours["verify8_seconds"], ours["step_seconds"]),
+        "bandwidth_fraction": ours["decode_tok_s"] * weight_bytes / 1e9 / bandwidth["read_gb_s"],
+        "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
+        "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
+                                           torch_bf16["eval_sequences_per_second"]),
+    }
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("mlx", "mlx-lm", "torch", "transformers", "nextterm-mlx"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def markdown(report: dict) -> str:
+    ours, stock, t32, t16, proxy = (report[k] for k in ("nextterm", "stock_mlx", "transformers_fp32",
+                                                       "transformers_bf16", "proxy"))
+    lines = [
+        f"Measured {report['date']} on {report['machine']['platform']}, {report['machine']['cpus']} CPUs, "
+        f"{report['blas']}; memory read {report['memory_read_gb_s']:.1f} GB/s. Random 440M-shape weights.",
+        "",
+        "| what | prefill (s) | decode tok/s |",
+        "|---|---|---|",
+        f"| transformers CPU bf16 | {t16['prefill_seconds']:.2f} | {t16['decode_tok_s']:.1f} |",
+        f"| transformers CPU fp32 | {t32['prefill_seconds']:.2f} | {t32['decode_tok_s']:.1f} |",
+        f"| stock MLX fp32 (bundled BLAS), mlx-lm generate_step | {stock['prefill_seconds']:.2f} | "
+        f"{stock['decode_tok_s']:.1f} |",
+        f"| nextterm-mlx fp32 | {ours['prefill_seconds']:.2f} | {ours['decode_tok_s']:.1f} |",
+        "",
+        f"Prompt {ours['prompt_tokens']} tokens. nextterm-mlx: first term {ours['first_term_seconds']:.2f} s, "
+        f"10-term continuation {ours['ten_terms_seconds']:.2f} s, peak RSS {ours['peak_rss_gb']:.2f} GB; "
+        f"one forward over 8 tokens {ours['verify8_seconds'] * 1e3:.0f} ms vs one step {ours['step_seconds'] * 1e3:.0f} ms. "
+        f"Conversion of the 440M checkpoint {report['conversion_440m']['seconds']:.1f} s, peak RSS "
+        f"{report['conversion_440m']['peak_rss_gb']:.2f} GB.",
+        "",
+        "| eval batch | sequences/s | prefill tok/s | decode tok/s |",
+        "|---|---|---|---|",
+    ]
+    for batch in (1, 8, 32):
+        row = ours[f"eval_b{batch}"]
+        lines.append(f"| {batch} | {row['sequences_per_second']:.2f} | {row['prefill_tok_s']:.0f} | "
+                     f"{row['decode_tok_s']:.1f} |")
+    lines += [
+        f"| transformers bf16, batch 32 | {t16['eval_sequences_per_second']:.2f} | | |",
+        "",
+        f"Overhead-bound proxy (28 layers, hidden 64): nextterm-mlx {proxy['nextterm_tok_s']:.0f} tok/s, "
+        f"mlx-lm generate_step {proxy['mlx_lm_tok_s']:.0f} tok/s.",
+        "",
+        "| ratio | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="nextterm-mlx speed, side by side")
+    parser.add_argument("--worker", nargs="+")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "nextterm-bench")
+    parser.add_argument("--oeis", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+                        / "oeis_sample_10k.txt")
+    args = parser.parse_args(argv)
+    if args.worker:
+        name, *rest = args.worker
+        if name == "convert":
+            result = worker_convert(*rest)
+        elif name == "bandwidth":
+            result = worker_bandwidth(int(rest[0]))
+        else:
+            result = WORKERS[name](rest[0], json.loads(rest[1]), int(rest[2]), int(rest[3]))
+        print(json.dumps(result))
+        return
+    report = run_bench(args.quick, args.json, args.work, args.oeis)
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

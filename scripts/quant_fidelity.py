@@ -1,0 +1,102 @@
+"""How much each quantization changes a model: size, next-term agreement, logits.
+
+For an HF checkpoint folder it converts the unquantized model and 8-bit,
+4-bit (groups of 32 and 64) and mixed_4_8 variants into a scratch cache,
+then compares each variant with the unquantized model, both computing in
+float32 (the quantized weights dequantized exactly):
+
+- size on disk of each converted folder;
+- greedy next-term agreement over synthetic sequences (scripts/synthetic_sequences.py);
+- max and mean |logit difference| at the prompts' last positions.
+
+    python scripts/quant_fidelity.py CHECKPOINT [--sequences 500] [--prompts 50]
+        [--max-new-tokens 192] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
+
+import nextterm_mlx  # noqa: E402
+from nextterm_mlx.decode import prefill  # noqa: E402
+from scripts.synthetic_sequences import sample  # noqa: E402
+
+VARIANTS = {
+    "unquantized": {},
+    "q8 g64": {"q_bits": 8},
+    "q4 g64": {"q_bits": 4},
+    "q4 g32": {"q_bits": 4, "q_group_size": 32},
+    "mixed_4_8 g64": {"q_recipe": "mixed_4_8"},
+}
+
+
+def last_logits(predictor, sequences) -> np.ndarray:
+    rows = []
+    for terms in sequences:
+        cache = make_prompt_cache(predictor.model)
+        rows.append(np.array(prefill(predictor.model, mx.array([predictor.prompt(terms)]), cache)[0]))
+    return np.stack(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--sequences", type=int, default=500)
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=int, default=192)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    sequences = [sample(rng)[1] for _ in range(args.sequences)]
+    given = [terms[:-1] for terms in sequences]
+    cache_dir = Path(tempfile.mkdtemp(prefix="nextterm-fidelity-"))
+
+    rows, base = [], None
+    for name, options in VARIANTS.items():
+        predictor = nextterm_mlx.load(args.checkpoint, dtype="float32", max_new_tokens=args.max_new_tokens,
+                                      cache_dir=cache_dir, **options)
+        size = sum(p.stat().st_size for p in predictor.path.iterdir() if p.name.endswith(".safetensors"))
+        values = []
+        for start in range(0, len(given), args.batch_size):
+            batch = predictor.continue_batch(given[start : start + args.batch_size])
+            values += [predictions[0].value for predictions in batch]
+        logits = last_logits(predictor, given[: args.prompts])
+        if base is None:
+            base = {"values": values, "logits": logits}
+        difference = np.abs(logits - base["logits"])
+        rows.append({
+            "variant": name,
+            "weights_mb": size / 1e6,
+            "agreement": float(np.mean([a == b for a, b in zip(values, base["values"])])),
+            "accuracy": float(np.mean([v == terms[-1] for v, terms in zip(values, sequences)])),
+            "max_logit_diff": float(difference.max()),
+            "mean_logit_diff": float(difference.mean()),
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr)
+
+    print(f"| variant | weights MB | agreement ({args.sequences} seq) | accuracy | max abs logit diff | "
+          f"mean abs logit diff ({args.prompts} prompts) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['weights_mb']:.2f} | {row['agreement']:.2%} | {row['accuracy']:.2%} | "
+              f"{row['max_logit_diff']:.4f} | {row['mean_logit_diff']:.5f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
