@@ -1,0 +1,35 @@
+"""The OpenBLAS preload: reported by `info`, switched off by NEXTTERM_MLX_BLAS=0,
+and the reference parity holds either way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nextterm_mlx.blas import OPENBLAS_CANDIDATES
+
+DESCRIBE = "import nextterm_mlx.blas as b, mlx.core; print(b.describe())"
+
+
+def python(code: str, **env) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_openblas_is_loaded_when_present_and_can_be_disabled():
+    assert python(DESCRIBE, NEXTTERM_MLX_BLAS="0").startswith("bundled reference BLAS (NEXTTERM_MLX_BLAS=0)")
+    if sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES):
+        assert python(DESCRIBE).startswith("OpenBLAS (")
+
+
+def test_reference_parity_holds_with_the_bundled_blas():
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reference_parity.py",
+         "-k", "tokens_and_logits"],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1], env={**os.environ, "NEXTTERM_MLX_BLAS": "0"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "3 passed" in done.stdout
