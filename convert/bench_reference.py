@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from nextterm_mlx.bench import median_time
 from nextterm_mlx.vocab import PAD, encode_prompt
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -51,8 +42,8 @@ def main() -> None:
                                   do_sample=False, pad_token_id=PAD)
 
     with torch.no_grad():
-        prefill = timed(lambda: model(prompt), args.repeats)
-    total = timed(lambda: generate(prompt, args.new_tokens + 1), args.repeats)
+        prefill = median_time(lambda: model(prompt), args.repeats)
+    total = median_time(lambda: generate(prompt, args.new_tokens + 1), args.repeats)
     decode_tok_s = args.new_tokens / max(total - prefill, 1e-9)
 
     eval_prompts = [encode_prompt(terms) for terms in sequences["eval"]]

@@ -92,10 +92,25 @@ def mask_to_integers(logits: mx.array, terms: list[list[int]]) -> mx.array:
 
 
 @dataclass
-class _Row:
+class Terms:
+    """The terms one sequence has produced so far, fed token by token."""
+
+    n_terms: int
+    max_new_tokens: int
     predictions: list[Prediction] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0
+
+    def add(self, token: int, logprob: float) -> bool:
+        """Record a generated token; True when the sequence needs no more."""
+        self.tokens.append(token)
+        self.logprob += logprob
+        if token not in STOP_REASONS and len(self.tokens) < self.max_new_tokens:
+            return False
+        prediction = make_prediction(self.tokens, self.logprob)
+        self.predictions.append(prediction)
+        self.tokens, self.logprob = [], 0.0
+        return prediction.value is None or len(self.predictions) == self.n_terms
 
 
 def decode(
@@ -128,7 +143,7 @@ def decode(
     stats.prefill_seconds += time.perf_counter() - started
 
     started = time.perf_counter()
-    rows = [_Row() for _ in prompts]
+    rows = [Terms(n_terms, max_new_tokens) for _ in prompts]
     active = list(range(len(prompts)))
     if strict:
         logits = mask_to_integers(logits, [[] for _ in prompts])
@@ -144,16 +159,8 @@ def decode(
         stats.generated_tokens += len(active)
         keep = []
         for position, (index, token, logprob) in enumerate(zip(active, next_tokens, logprobs)):
-            row = rows[index]
-            row.tokens.append(token)
-            row.logprob += logprob
-            if token in STOP_REASONS or len(row.tokens) == max_new_tokens:
-                prediction = make_prediction(row.tokens, row.logprob)
-                row.predictions.append(prediction)
-                row.tokens, row.logprob = [], 0.0
-                if prediction.value is None or len(row.predictions) == n_terms:
-                    continue
-            keep.append(position)
+            if not rows[index].add(token, logprob):
+                keep.append(position)
         if not keep:
             break
         if len(keep) < len(active):

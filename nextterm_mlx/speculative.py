@@ -20,8 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
-from .decode import DecodeStats, Prediction, make_prediction, prefill
-from .vocab import STOP_REASONS
+from .decode import DecodeStats, Prediction, Terms, prefill
 
 DRAFT_TOKENS = 8
 NGRAM_SIZES = (3, 2, 1)
@@ -66,9 +65,7 @@ def decode_speculative(
     stats.prefill_seconds += time.perf_counter() - started
     started = time.perf_counter()
     context = list(prompt)
-    predictions: list[Prediction] = []
-    term: list[int] = []
-    term_logprob = 0.0
+    terms = Terms(n_terms, max_new_tokens)
     draft: list[int] = []
     while True:
         logprobs = logits[0] - mx.logsumexp(logits[0], axis=-1, keepdims=True)
@@ -82,21 +79,11 @@ def decode_speculative(
         speculation.accepted += accepted
         emitted = choices[: accepted + 1]
 
-        finished = False
-        for position, token in enumerate(emitted):
-            term.append(token)
-            term_logprob += chosen_logprobs[position]
+        for token, logprob in zip(emitted, chosen_logprobs):
             stats.generated_tokens += 1
-            if token in STOP_REASONS or len(term) == max_new_tokens:
-                prediction = make_prediction(term, term_logprob)
-                predictions.append(prediction)
-                term, term_logprob = [], 0.0
-                if prediction.value is None or len(predictions) == n_terms:
-                    finished = True
-                    break
-        if finished:
-            stats.decode_seconds += time.perf_counter() - started
-            return predictions
+            if terms.add(token, logprob):
+                stats.decode_seconds += time.perf_counter() - started
+                return terms.predictions
 
         # The cache holds the context up to the last emitted token, which is fed next.
         rejected = len(draft) - accepted

@@ -18,8 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .decode import DecodeStats, Prediction, make_prediction
-from .vocab import STOP_REASONS
+from .decode import DecodeStats, Prediction, Terms
 
 GROWTH = 256
 SMALL_MODEL_PARAMETERS = 50_000_000
@@ -128,20 +127,13 @@ def decode_one(
     stats.prefill_seconds += time.perf_counter() - started
 
     started = time.perf_counter()
-    predictions, term, term_logprob = [], [], 0.0
+    terms = Terms(n_terms, max_new_tokens)
     while True:
         following = decoder.step(choice)
         mx.async_eval(*following)
-        token = choice.item()
-        term.append(token)
-        term_logprob += logprob.item()
         stats.generated_tokens += 1
-        if token in STOP_REASONS or len(term) == max_new_tokens:
-            prediction = make_prediction(term, term_logprob)
-            predictions.append(prediction)
-            term, term_logprob = [], 0.0
-            if prediction.value is None or len(predictions) == n_terms:
-                break
+        if terms.add(choice.item(), logprob.item()):
+            break
         choice, logprob = following
     stats.decode_seconds += time.perf_counter() - started
-    return predictions
+    return terms.predictions

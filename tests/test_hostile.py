@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
