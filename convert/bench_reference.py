@@ -30,7 +30,6 @@ def main() -> None:
     parser.add_argument("--eval-new-tokens", type=int, default=8)
     args = parser.parse_args()
 
-    torch.set_num_threads(torch.get_num_threads())
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype)).eval()
     sequences = json.load(open(args.prompts))
     prompt = torch.tensor([encode_prompt(sequences["single"])])

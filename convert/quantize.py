@@ -51,10 +51,14 @@ def quantization_from_options(
     bits: Optional[int], group_size: Optional[int], mode: Optional[str], recipe: Optional[str]
 ) -> Optional[Quantization]:
     """The quantization the --q-* options ask for, or None for none; checked."""
-    if bits is None and recipe is None and mode in (None, "affine"):
+    if bits is None and recipe is None and mode is None:
         if group_size is not None:
             raise UserError("--q-group-size needs --q-bits, --q-mode or --q-recipe")
         return None
+    if mode == "affine" and bits is None and recipe is None:
+        raise UserError("--q-mode affine needs --q-bits 4 or 8 (or --q-recipe)")
+    if mode in MODE_BITS and bits is not None and bits != MODE_BITS[mode]:
+        raise UserError(f"--q-mode {mode} is {MODE_BITS[mode]}-bit; drop --q-bits {bits}")
     mode = mode or "affine"
     if mode not in MODES:
         raise UserError(f"--q-mode {mode!r} is not one of {', '.join(MODES)}")

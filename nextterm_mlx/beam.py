@@ -4,8 +4,9 @@ A hypothesis is the tokens of a partial term. Each step extends every live
 hypothesis by every token: one that emits the separator after a canonical
 integer becomes a candidate, scored by the sum of its tokens' log-
 probabilities separator included; one that emits EOS or PAD, or a separator
-after tokens that spell no integer, adds its probability to `no_term_prob`;
-the `beams` best of the rest live on. The prompt is prefilled once and the
+after tokens that spell no integer, or that can no longer become one ("05",
+"1-"), adds its probability to `no_term_prob`; the `beams` best of the rest
+live on. The prompt is prefilled once and the
 live hypotheses run as one batch over copies of its KV cache.
 
 Beam search finds an answer whenever each of its prefixes is among the
@@ -25,7 +26,7 @@ import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from .decode import mask_to_integers, prefill
-from .vocab import EOS, PAD, SEP, STOP_TOKENS, VOCAB_SIZE, decode_term
+from .vocab import EOS, PAD, SEP, STOP_TOKENS, VOCAB_SIZE, decode_term, strict_allowed
 
 CONTINUING = np.array([t not in STOP_TOKENS for t in range(VOCAB_SIZE)])
 
@@ -86,7 +87,11 @@ def beam_search(
                 found.append(Candidate(value, float(scores[row, SEP]), tokens + [SEP]))
         found.sort(key=lambda c: -c.logprob)
 
-        continuing = np.where(CONTINUING[None, :], scores, -np.inf).ravel()
+        # A hypothesis that can no longer become a canonical integer ("05",
+        # "1-", a BOS) is no candidate's prefix: its mass is no term's.
+        viable = CONTINUING[None, :] & np.array([strict_allowed(tokens) for tokens in live])
+        no_term += float(np.exp(scores[CONTINUING[None, :] & ~viable]).sum())
+        continuing = np.where(viable, scores, -np.inf).ravel()
         order = np.argsort(-continuing, kind="stable")[:beams]
         order = order[np.isfinite(continuing[order])]
         if len(order) == 0:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 BENCH_PARAMETERS_440M = 440_500_224
+# New tokens per sequence in the batched-eval figures, on both sides.
+EVAL_NEW_TOKENS = 8
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -114,6 +116,7 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
     result["step_seconds"] = median_time(forward(1), 5 * repeats)
     result["verify8_seconds"] = median_time(forward(8), 5 * repeats)
 
+    predictor.max_new_tokens = EVAL_NEW_TOKENS  # as transformers' batched generate below
     for batch in (1, 8, 32):
         stats = DecodeStats()
         started = time.perf_counter()
@@ -160,6 +163,44 @@ def worker_proxy(model_path: str, prompts: dict, repeats: int, new_tokens: int) 
             "nextterm_tok_s": statistics.median(ours_rate() for _ in range(repeats))}
 
 
+def worker_speculation(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
+    """Speculative decoding on a trained model (acceptance means nothing on
+    random weights): the same answers, its acceptance and speed-up."""
+    import nextterm_mlx
+    from nextterm_mlx.decode import DecodeStats
+    from nextterm_mlx.speculative import SpeculationStats
+
+    plain = nextterm_mlx.load(model_path, dtype="float32")
+    drafted = nextterm_mlx.load(model_path, dtype="float32", speculate=True)
+
+    def run(predictor):
+        stats = DecodeStats()
+        answers = [predictor.continue_batch([terms], 1, stats)[0][0].tokens for terms in prompts["eval"]]
+        return answers, stats
+
+    run(plain), run(drafted)  # warm-up: compilation, caches
+    drafted.speculation = SpeculationStats()
+    plain_seconds, drafted_seconds, generated, identical = [], [], 0, True
+    for _ in range(repeats):
+        reference, stats = run(plain)
+        plain_seconds.append(stats.decode_seconds)
+        answers, stats = run(drafted)
+        drafted_seconds.append(stats.decode_seconds)
+        generated += stats.generated_tokens
+        identical &= answers == reference
+    speculation = drafted.speculation
+    # Each sequence's first token comes from its prefill pass.
+    passes = speculation.forward_passes + repeats * len(prompts["eval"])
+    return {
+        "sequences": len(prompts["eval"]),
+        "identical": identical,
+        "plain_decode_seconds": statistics.median(plain_seconds),
+        "speculative_decode_seconds": statistics.median(drafted_seconds),
+        "acceptance": speculation.accepted / max(speculation.drafted, 1),
+        "tokens_per_forward_pass": generated / passes,
+    }
+
+
 def worker_convert(hf_path: str, out: str) -> dict:
     from convert.converter import convert_checkpoint
 
@@ -177,7 +218,8 @@ def worker_bandwidth(repeats: int) -> dict:
     return {"read_gb_s": data.nbytes / seconds / 1e9}
 
 
-WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "proxy": worker_proxy}
+WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "proxy": worker_proxy,
+           "speculation": worker_speculation}
 
 
 # --- orchestrator --------------------------------------------------------------------------
@@ -192,7 +234,8 @@ def run_worker(args: list[str], env: dict | None = None) -> dict:
 
 def run_reference(checkpoint: Path, dtype: str, prompts_file: Path, repeats: int, new_tokens: int) -> dict:
     done = subprocess.run([sys.executable, "-m", "convert.bench_reference", str(checkpoint), dtype,
-                           str(prompts_file), "--repeats", str(repeats), "--new-tokens", str(new_tokens)],
+                           str(prompts_file), "--repeats", str(repeats), "--new-tokens", str(new_tokens),
+                           "--eval-new-tokens", str(EVAL_NEW_TOKENS)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"transformers benchmark failed:\n{done.stderr[-3000:]}")
@@ -261,6 +304,8 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     ours = run_worker(["nextterm", str(mlx_440m), *common])
     print("measuring the overhead-bound proxy", file=sys.stderr)
     proxy = run_worker(["proxy", str(mlx_proxy), json.dumps(prompts), str(repeats), "200"])
+    print("measuring speculative decoding on the tiny model", file=sys.stderr)
+    speculation = run_worker(["speculation", "tiny", *common])
 
     weight_bytes = BENCH_PARAMETERS_440M * 4  # float32 on the CPU
     report = {
@@ -278,6 +323,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "stock_mlx": stock,
         "nextterm": ours,
         "proxy": proxy,
+        "speculation_tiny": speculation,
     }
     report["ratios"] = {
         "proxy_vs_mlx_lm": ratio(proxy["nextterm_tok_s"], proxy["mlx_lm_tok_s"]),
@@ -290,6 +336,12 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
                                            torch_bf16["eval_sequences_per_second"]),
+        "speculative_speedup_tiny": ratio(speculation["plain_decode_seconds"],
+                                          speculation["speculative_decode_seconds"]),
+        # A projection, not a measurement: tokens per verifying pass, each
+        # costing what a forward over 8 tokens costs on the 440M shape.
+        "speculative_projected_440m": ratio(speculation["tokens_per_forward_pass"],
+                                            ratio(ours["verify8_seconds"], ours["step_seconds"])),
     }
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=1))
@@ -341,6 +393,10 @@ def markdown(report: dict) -> str:
         "",
         f"Overhead-bound proxy (28 layers, hidden 64): nextterm-mlx {proxy['nextterm_tok_s']:.0f} tok/s, "
         f"mlx-lm generate_step {proxy['mlx_lm_tok_s']:.0f} tok/s.",
+        "",
+        f"Speculative decoding, tiny model, {report['speculation_tiny']['sequences']} prompts: acceptance "
+        f"{report['speculation_tiny']['acceptance']:.0%}, {report['speculation_tiny']['tokens_per_forward_pass']:.2f} "
+        f"tokens per forward pass, identical answers: {report['speculation_tiny']['identical']}.",
         "",
         "| ratio | value |",
         "|---|---|",

@@ -16,8 +16,8 @@ from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
 from .loading import DTYPES
 from .sequence_files import FORMATS
+from .sequence_files import parse_terms as read_terms
 
-TERM = re.compile(r"[+-]?[0-9]+")
 # Users paste from papers and web pages: a typographic minus means minus.
 MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
 
@@ -27,10 +27,10 @@ def parse_terms(words: list[str]) -> list[int]:
     tokens = [t for t in re.split(r"[\s,;]+", " ".join(words).translate(MINUS_SIGNS)) if t]
     if not tokens:
         raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8")
-    for token in tokens:
-        if not TERM.fullmatch(token):
-            raise UserError(f"{token!r} is not an integer; give whole numbers such as 1 2 3 or -4")
-    return [int(t) for t in tokens]
+    try:
+        return read_terms(tokens)
+    except ValueError as e:
+        raise UserError(f"{e}; give whole numbers such as 1 2 3 or -4") from None
 
 
 def model_options(command):
@@ -121,8 +121,8 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, as_json, **model
 
     from .predictor import load
 
-    if top is not None and beams is None:
-        raise UserError("--top needs --beams, e.g. --beams 8 --top 3")
+    if top is not None and (beams is None or top > beams):
+        raise UserError("--top needs --beams at least as large, e.g. --beams 8 --top 3")
     if beams is not None and n_terms > 1:
         raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
     predictor = load(**model, max_new_tokens=max_new_tokens)
@@ -213,6 +213,10 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     check_results_file(out, resume, force)
     if beams > 1 and (predict_terms > 1 or compare_model):
         raise UserError("--beams ranks candidates for one next term; drop --predict-terms/--compare or --beams")
+    if plot is not None:
+        from .plot import check_can_plot
+
+        check_can_plot(plot)
     sequences = read_sequence_file(sequence_file, fmt)
     for problem in sequences.problems[:10]:
         click.echo(f"{sequence_file}: {problem} (skipped)", err=True)
@@ -372,10 +376,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     except UserError as e:
         click.echo(f"nextterm-mlx: error: {e}", err=True)
         sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help())
     except click.ClickException as e:
-        hint = f" (see nextterm-mlx {e.ctx.info_name} --help)" if getattr(e, "ctx", None) else ""
-        click.echo(f"nextterm-mlx: error: {e.format_message()}{hint}", err=True)
+        context = getattr(e, "ctx", None)
+        command = context.command_path if context is not None else "nextterm-mlx"
+        click.echo(f"nextterm-mlx: error: {e.format_message()} (see {command} --help)", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # a folder that can't be written, a full disk
+        click.echo(f"nextterm-mlx: error: {e.strerror or e}: {e.filename or ''}; check the path and free space",
+                   err=True)
+        sys.exit(2)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("nextterm-mlx: interrupted", err=True)
         sys.exit(130)

@@ -166,6 +166,13 @@ def run_eval(
     done: list[dict[str, Any]] = []
     if out is not None and resume and out.exists():
         done = read_results(out)
+        wanted = {item.id for item in items}
+        foreign = [record["id"] for record in done if record["id"] not in wanted]
+        if foreign:
+            raise UserError(
+                f"{out} holds results for sequences this run does not evaluate (first {foreign[0]!r}): it is "
+                "another run's; give the same file, --limit and --shuffle/--seed, or a new --out"
+            )
         write_results(out, done)  # drop a line cut short by a crash
     elif out is not None:
         write_results(out, [])
@@ -333,6 +340,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_results_file(out: Optional[Path], resume: bool, force: bool) -> None:
-    if out is None or resume or force or not out.exists():
+    if out is None:
         return
-    raise UserError(f"{out} already exists; pass --resume to continue that run or --force to start over")
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of --out {out} does not exist; create it or choose another path")
+    if out.exists() and not (resume or force):
+        raise UserError(f"{out} already exists; pass --resume to continue that run or --force to start over")

@@ -56,6 +56,7 @@ def download_checkpoint(repo: str, subfolder: str, revision: Optional[str]) -> t
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
@@ -71,8 +72,11 @@ def download_checkpoint(repo: str, subfolder: str, revision: Optional[str]) -> t
         raise UserError(f"could not fetch {where}: no such repo on the hub (or it is private); check --repo") from None
     except RevisionNotFoundError:
         raise UserError(f"could not fetch {where}: the repo has no revision {revision!r}; check --revision") from None
+    except HFValidationError:
+        raise UserError(f"{repo!r} is not a hub repo id; give it as ORG/NAME, e.g. {DEFAULT_REPO}") from None
     except (HfHubHTTPError, OSError) as e:
-        raise UserError(f"could not fetch {where}: {e}; try again, or give --model PATH") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"could not fetch {where}: {reason}; try again, or give --model PATH") from None
     folder = snapshot / subfolder
     if not (folder / "config.json").exists():
         if constants.HF_HUB_OFFLINE:  # the snapshot exists, but this subfolder was never fetched

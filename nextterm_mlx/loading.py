@@ -41,9 +41,9 @@ def load_mlx_folder(
     except FileNotFoundError as e:
         raise UserError(f"{folder} is not a complete MLX model folder ({e}); convert the checkpoint again") from None
     if config.get("quantization") and on_cpu() and not keep_quantized:
-        print("nextterm-mlx: dequantizing to float32 to run on the CPU, where quantized matmul is slow "
-              "(--keep-quantized to keep them)", file=sys.stderr)
         dtype = dtype or "float32"
+        print(f"nextterm-mlx: dequantizing the weights to {dtype} to run on the CPU, where quantized "
+              "matmul is slow (--keep-quantized to keep them)", file=sys.stderr)
         model.set_dtype(DTYPES[dtype])  # first, so that scale * q + bias is computed in `dtype`
         model = dequantize_model(model)
     dtype = dtype or default_compute_dtype()

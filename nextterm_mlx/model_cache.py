@@ -83,8 +83,8 @@ def intact(entry: Path) -> bool:
 
 def remove_entry(root: Path, name: str) -> list[str]:
     """Remove the entry keyed `name`, or every entry of the checkpoint `name`."""
-    matches = [e for e in entries(root) if name in (e.key, Path(e.source.get("subfolder", "")).name)]
-    if not matches:
+    matches = [e for e in entries(root) if name in (e.key, Path(e.source.get("subfolder") or "-").name)]
+    if not name or not matches:
         raise UserError(f"no cached model {name!r} in {root}; `nextterm-mlx models` lists them")
     for entry in matches:
         with FileLock(str(root / LOCKS_DIR / f"{entry.key}.lock")):

@@ -8,14 +8,22 @@ from typing import Any
 from .errors import UserError
 
 
-def plot_accuracy(summary: dict[str, Any], path: Path, title: str) -> None:
+def check_can_plot(path: Path) -> None:
+    """Refuse --plot before a long eval rather than after it."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("--plot needs matplotlib; pip install 'nextterm-mlx[plot]'") from None
+    if not Path(path).parent.is_dir():
+        raise UserError(f"the folder of --plot {path} does not exist; create it or choose another path")
+
+
+def plot_accuracy(summary: dict[str, Any], path: Path, title: str) -> None:
+    check_can_plot(path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     panels = (("by_answer_digits", "digits in the answer"), ("by_given_terms", "terms given"))
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for axis, (key, label) in zip(axes, panels):

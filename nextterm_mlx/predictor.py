@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -15,7 +16,7 @@ from .loading import load_mlx_folder
 from .meta import read_meta
 from .resolve import resolve_model
 from .speculative import SpeculationStats, decode_speculative
-from .static_cache import compiled_step_pays, decode_one
+from .static_cache import StaticDecoder, compiled_step_pays, decode_one
 from .vocab import encode_prompt
 
 
@@ -43,7 +44,8 @@ class Predictor:
         # Speculative decoding gives the same predictions; it only changes speed.
         self.speculate = speculate
         self.speculation = SpeculationStats()
-        self.compiled_step = compiled_step_pays(model)
+        # One compiled decoder, traced once, serves every single-sequence call.
+        self.static_decoder = StaticDecoder(model) if compiled_step_pays(model) else None
 
     @property
     def max_positions(self) -> int:
@@ -105,8 +107,8 @@ class Predictor:
         if self.speculate and not strict:
             return [decode_speculative(self.model, prompt, n, self.max_new_tokens, stats, self.speculation)
                     for prompt in prompts]
-        if len(prompts) == 1 and not strict and self.compiled_step:
-            return [decode_one(self.model, prompts[0], n, self.max_new_tokens, stats)]
+        if len(prompts) == 1 and not strict and self.static_decoder is not None:
+            return [decode_one(self.static_decoder, prompts[0], n, self.max_new_tokens, stats)]
         return decode(self.model, prompts, n, self.max_new_tokens, stats, strict)
 
     def candidates(
@@ -120,11 +122,9 @@ class Predictor:
         top = beams if top is None else top
         if not 1 <= top <= beams:
             raise UserError(f"top must be between 1 and the number of beams ({beams}), not {top}")
-        prompt = self.prompt(terms)
         if beams == 1:
-            prediction = decode(self.model, [prompt], 1, self.max_new_tokens, strict=strict)[0][0]
-            return greedy_candidates(prediction)
-        return beam_search(self.model, prompt, beams, top, self.max_new_tokens, strict)
+            return greedy_candidates(self.predict(terms, strict))
+        return beam_search(self.model, self.prompt(terms), beams, top, self.max_new_tokens, strict)
 
     def prompt(self, terms: Sequence[int]) -> list[int]:
         """The token ids for `terms`, refused if longer than the model can read."""
@@ -132,7 +132,12 @@ class Predictor:
         # Digits from bit lengths: a term longer than the model can read is
         # refused before it is written out.
         digits = max(abs(t).bit_length() for t in terms) * math.log10(2)
-        if digits >= self.max_positions or len(prompt := encode_prompt(terms)) > self.max_positions:
+        if digits < self.max_positions:
+            try:
+                prompt = encode_prompt(terms)
+            except ValueError:  # beyond Python's int-to-text limit (sys.set_int_max_str_digits)
+                digits = self.max_positions
+        if digits >= self.max_positions or len(prompt) > self.max_positions:
             raise UserError(
                 f"the sequence is longer than the model's limit of {self.max_positions} tokens "
                 "(max_position_embeddings); give fewer or shorter terms"
@@ -144,13 +149,18 @@ class Predictor:
 
 
 def check_terms(terms: Sequence[int]) -> list[int]:
-    terms = list(terms)
-    if not terms:
-        raise UserError("no terms given; give at least one integer, e.g. 1 1 2 3 5 8")
+    """The terms as Python ints (numpy integers welcome), or a UserError."""
+    checked = []
     for term in terms:
-        if isinstance(term, bool) or not isinstance(term, int):
-            raise UserError(f"term {str(term)[:40]!r} is not an integer; give whole numbers such as 1 2 3")
-    return terms
+        try:
+            if isinstance(term, bool):
+                raise TypeError
+            checked.append(operator.index(term))
+        except TypeError:
+            raise UserError(f"term {str(term)[:40]!r} is not an integer; give whole numbers such as 1 2 3") from None
+    if not checked:
+        raise UserError("no terms given; give at least one integer, e.g. 1 1 2 3 5 8")
+    return checked
 
 
 def load(

@@ -4,7 +4,8 @@
 - the OEIS "stripped" format: A000045 ,0,1,1,2,3,5,
 - plain text: one sequence a line, terms separated by commas and/or spaces.
 
-The format is detected from the first non-empty line unless given. A line
+The format is detected from the first line with data unless given; blank
+lines and "#" comment lines (the OEIS file's header) are skipped. A line
 that can't be read is reported with its number and skipped, never fatal.
 """
 
@@ -46,19 +47,19 @@ def detect_format(first_line: str) -> str:
 
 def read_sequence_file(path: str | Path, fmt: Optional[str] = None) -> SequenceFile:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise UserError(f"sequence file {str(path)!r} does not exist; give the path of a .jsonl, OEIS or text file") from None
-    except (IsADirectoryError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"sequence file {str(path)!r} is not a UTF-8 text file ({e})") from None
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    fmt = fmt or detect_format(next((line for line in lines if line.strip()), ""))
+    fmt = fmt or detect_format(next((line for line in lines if has_data(line)), ""))
     parse = {"jsonl": parse_jsonl, "oeis": parse_oeis, "plain": parse_plain}[fmt]
 
     sequences, problems, seen = [], [], set()
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not has_data(line):
             continue
         try:
             sequence = parse(line, number)
@@ -71,6 +72,10 @@ def read_sequence_file(path: str | Path, fmt: Optional[str] = None) -> SequenceF
         seen.add(sequence.id)
         sequences.append(sequence)
     return SequenceFile(sequences, fmt, problems)
+
+
+def has_data(line: str) -> bool:
+    return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
 def parse_terms(words: list[str]) -> list[int]:

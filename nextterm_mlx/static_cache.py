@@ -12,13 +12,14 @@ model is still mlx-lm's Qwen3: only its cache object is ours.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .decode import DecodeStats, Prediction, Terms
+from .decode import PREFILL_CHUNK, DecodeStats, Prediction, Terms, greedy_step
 
 GROWTH = 256
 SMALL_MODEL_PARAMETERS = 50_000_000
@@ -43,17 +44,18 @@ class PositionedCache:
 
 
 class StaticDecoder:
-    """Prefill and greedy steps for one sequence; `length` positions are filled."""
-
+    """Prefill and greedy steps for one sequence at a time, reused across
+    sequences so the step is traced once; `length` positions are filled."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.buffers: list[mx.array] = []  # keys and values of each layer
         self.length = 0
-        self._step = mx.compile(self._greedy_step)
+        self._step = mx.compile(partial(greedy_step_over_buffers, model))
 
-    def _views(self, position: mx.array, buffers) -> list[PositionedCache]:
-        return [PositionedCache(buffers[2 * i], buffers[2 * i + 1], position) for i in range(len(buffers) // 2)]
+    def reset(self) -> None:
+        """Start a new sequence; the buffers' stale contents are masked out."""
+        self.length = 0
 
     def _reserve(self, positions: int) -> None:
         needed = self.length + positions
@@ -69,33 +71,37 @@ class StaticDecoder:
         else:
             self.buffers = [mx.concatenate([b, mx.zeros(shape, dtype)], axis=2) for b in self.buffers]
 
-    def forward(self, tokens: list[int]) -> mx.array:
-        """Feed `tokens` (eagerly: prompts and verification); float32 logits at each."""
+    def prefill(self, tokens: list[int]) -> mx.array:
+        """Feed `tokens` eagerly, in chunks; float32 logits at the last."""
         self._reserve(len(tokens))
-        views = self._views(mx.array(self.length), self.buffers)
-        logits = self.model(mx.array([tokens]), cache=views)[0].astype(mx.float32)
-        self.buffers = [b for view in views for b in (view.keys, view.values)]
-        self.length += len(tokens)
-        return logits
-
-    def _greedy_step(self, token: mx.array, position: mx.array, *buffers):
-        views = self._views(position, buffers)
-        logits = self.model(token.reshape(1, 1), cache=views)[0, -1].astype(mx.float32)
-        choice = mx.argmax(logits)
-        logprob = logits[choice] - mx.logsumexp(logits)
-        return (choice, logprob, *[b for view in views for b in (view.keys, view.values)])
+        for start in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
+            views = views_over(self.buffers, mx.array(self.length))
+            logits = self.model(mx.array([chunk]), cache=views)
+            self.buffers = [b for view in views for b in (view.keys, view.values)]
+            self.length += len(chunk)
+        return logits[:, -1].astype(mx.float32)
 
     def step(self, token: mx.array) -> tuple[mx.array, mx.array]:
-        """Feed one token (an array: it may not be computed yet); the next greedy token and its log-probability."""
+        """Feed one token (an array: it may not be computed yet); the next
+        greedy token and its log-probability, lazily."""
         self._reserve(1)
         choice, logprob, *self.buffers = self._step(token, mx.array(self.length), *self.buffers)
         self.length += 1
         return choice, logprob
 
 
-def greedy(logits: mx.array) -> tuple[mx.array, mx.array]:
-    choice = mx.argmax(logits)
-    return choice, logits[choice] - mx.logsumexp(logits)
+def views_over(buffers: list[mx.array], position: mx.array) -> list[PositionedCache]:
+    return [PositionedCache(buffers[i], buffers[i + 1], position) for i in range(0, len(buffers), 2)]
+
+
+def greedy_step_over_buffers(model: nn.Module, token: mx.array, position: mx.array, *buffers: mx.array):
+    """The function that is compiled: one token in at `position`, the greedy
+    next token, its log-probability and the updated buffers out."""
+    views = views_over(list(buffers), position)
+    logits = model(token.reshape(1, 1), cache=views)[:, -1].astype(mx.float32)
+    choice, logprob = greedy_step(logits)
+    return (choice, logprob, *[b for view in views for b in (view.keys, view.values)])
 
 
 def compiled_step_pays(model: nn.Module) -> bool:
@@ -109,19 +115,19 @@ def compiled_step_pays(model: nn.Module) -> bool:
 
 
 def decode_one(
-    model: nn.Module,
+    decoder: StaticDecoder,
     prompt: list[int],
     n_terms: int,
     max_new_tokens: int,
     stats: Optional[DecodeStats] = None,
 ) -> list[Prediction]:
     """Greedy decoding of one sequence with the compiled step, pipelined:
-    each token is fed before the host reads it (the cache is discarded at
-    the end, so a feed past the last token costs nothing but time)."""
+    each token is fed before the host reads it (a feed past the last token
+    costs only time: the next sequence starts over)."""
     stats = stats if stats is not None else DecodeStats()
     started = time.perf_counter()
-    decoder = StaticDecoder(model)
-    choice, logprob = greedy(decoder.forward(prompt)[-1])
+    decoder.reset()
+    choice, logprob = greedy_step(decoder.prefill(prompt))
     mx.eval(choice, logprob)
     stats.prefill_tokens += len(prompt)
     stats.prefill_seconds += time.perf_counter() - started

@@ -7,7 +7,8 @@ generated step keeps a top-1/top-2 logit gap of at least MIN_MARGIN are kept.
 
     python scripts/make_fixtures.py [tests/fixtures]
 
-Writes, for each fixture NAME: NAME/ (the checkpoint) and NAME.reference.json.
+Writes, for each fixture NAME: NAME/ (the checkpoint) and NAME.reference.json,
+and tiny.reference.json for the shipped tiny model (nextterm_mlx/models/tiny).
 Needs torch and transformers (pip install -e '.[reference]').
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from convert.reference import reference_outputs  # noqa: E402
+from nextterm_mlx.resolve import TINY_CHECKPOINT  # noqa: E402
 from scripts.random_checkpoint import make_random_checkpoint  # noqa: E402
 
 MIN_MARGIN = 0.05
@@ -54,25 +56,40 @@ def candidate_cases(rng: random.Random) -> list[dict]:
     return cases
 
 
+def trained_cases(rng: random.Random) -> list[dict]:
+    """Sequences a trained model should continue, for the shipped tiny model."""
+    cases = [{"terms": [2, 4, 6, 8]}, {"terms": [1, 2, 3], "continue": 3}, {"terms": [1, 1, 2, 3, 5, 8], "continue": 2},
+             {"terms": [1, 4, 9, 16, 25]}, {"terms": [-5, -10, -15]}, {"terms": [3, -6, 12, -24]}]
+    for _ in range(60):
+        start, step = rng.randint(-999, 999), rng.randint(-99, 99)
+        cases.append({"terms": [start + k * step for k in range(rng.randint(3, 20))], "continue": rng.choice([1, 2])})
+    return cases
+
+
 def stop_kind(tokens: list[int]) -> str:
     return {11: "separator", 13: "eos", 14: "pad"}.get(tokens[-1], "max_tokens")
+
+
+def write_reference(folder: Path, candidates: list[dict], out: Path) -> None:
+    reference = reference_outputs(folder, candidates)
+    kept = [case for case in reference["cases"] if case["min_margin"] >= MIN_MARGIN]
+    reference["cases"] = kept
+    reference["min_margin_kept"] = MIN_MARGIN
+    out.write_text(json.dumps(reference, indent=1))
+    stops = sorted({stop_kind(g) for case in kept for g in case["generated"]})
+    longest = max(len(case["prompt"]) for case in kept)
+    print(f"{out.name}: kept {len(kept)}/{len(candidates)} cases, stops {stops}, longest prompt {longest}")
 
 
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
     out.mkdir(parents=True, exist_ok=True)
     for name, spec in FIXTURES.items():
-        folder = out / name
-        make_random_checkpoint(folder, "tiny", **spec)
-        candidates = candidate_cases(random.Random(spec["seed"]))
-        reference = reference_outputs(folder, candidates)
-        kept = [case for case in reference["cases"] if case["min_margin"] >= MIN_MARGIN]
-        reference["cases"] = kept
-        reference["min_margin_kept"] = MIN_MARGIN
-        (out / f"{name}.reference.json").write_text(json.dumps(reference, indent=1))
-        stops = sorted({stop_kind(g) for case in kept for g in case["generated"]})
-        longest = max(len(case["prompt"]) for case in kept)
-        print(f"{name}: kept {len(kept)}/{len(candidates)} cases, stops {stops}, longest prompt {longest}")
+        make_random_checkpoint(out / name, "tiny", **spec)
+        write_reference(out / name, candidate_cases(random.Random(spec["seed"])), out / f"{name}.reference.json")
+    # The shipped tiny model: trained, so its logits are far from uniform.
+    rng = random.Random(4)
+    write_reference(TINY_CHECKPOINT, trained_cases(rng) + candidate_cases(rng)[:40], out / "tiny.reference.json")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ float32 (the quantized weights dequantized exactly):
 - max and mean |logit difference| at the prompts' last positions.
 
     python scripts/quant_fidelity.py CHECKPOINT [--sequences 500] [--prompts 50]
-        [--max-new-tokens 192] [--json PATH]
+        [--max-new-tokens 192] [--max-terms N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -57,11 +57,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-terms", type=int, default=None, help="keep at most this many terms of each sequence")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
-    sequences = [sample(rng)[1] for _ in range(args.sequences)]
+    sequences = [sample(rng)[1][: args.max_terms] for _ in range(args.sequences)]
     given = [terms[:-1] for terms in sequences]
     cache_dir = Path(tempfile.mkdtemp(prefix="nextterm-fidelity-"))
 

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from nextterm_mlx.resolve import TINY_CHECKPOINT
+
 FIXTURES = Path(__file__).parent / "fixtures"
-CHECKPOINTS = ("untied-v4", "untied-v5", "tied-v5")
+# Three random checkpoints (scripts/make_fixtures.py) and the shipped tiny model.
+CHECKPOINTS = ("untied-v4", "untied-v5", "tied-v5", "tiny")
+
+
+def checkpoint_folder(name: str) -> Path:
+    return TINY_CHECKPOINT if name == "tiny" else FIXTURES / name
 
 
 def reference(name: str) -> dict:
@@ -21,7 +28,7 @@ def converted(tmp_path_factory):
     from convert.converter import convert_checkpoint
 
     root = tmp_path_factory.mktemp("converted")
-    return {name: convert_checkpoint(FIXTURES / name, root / name) for name in CHECKPOINTS}
+    return {name: convert_checkpoint(checkpoint_folder(name), root / name) for name in CHECKPOINTS}
 
 
 @pytest.fixture(autouse=True)

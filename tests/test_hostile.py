@@ -213,19 +213,16 @@ def test_sigkill_mid_conversion_leaves_the_target_absent_or_intact(tmp_path):
     source = medium_checkpoint(tmp_path / "medium")
     target = tmp_path / "target"
     outcomes, killed = set(), 0
-    previous = None
     for delay in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0):
         process = subprocess.Popen(["nextterm-mlx", "convert", str(source), str(target), "--force",
                                     "--dtype", "float32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         killed += process.wait() == -signal.SIGKILL
-        if target.exists():
+        if target.exists():  # never half-written: every file matches the checksums of its own conversion
             now = folder_digest(target)
-            assert previous is None or now == previous or process.returncode == 0
             meta = json.loads((target / "nextterm_meta.json").read_text())
             assert {k: v for k, v in now.items() if k in meta["files"]} == meta["files"]
-            previous = now
         outcomes.add("present" if target.exists() else "absent")
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".target")]
         assert len(leftovers) <= 1  # at most the killed run's own partial folder, never renamed into place

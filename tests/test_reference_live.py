@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nextterm_mlx
-from conftest import CHECKPOINTS, FIXTURES, reference
+from conftest import CHECKPOINTS, checkpoint_folder, reference
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -23,7 +23,7 @@ def test_live_transformers_matches_committed_and_mlx(name, converted):
 
     committed = reference(name)["cases"]
     cases = [{k: case[k] for k in ("terms", "max_new_tokens", "continue")} for case in committed]
-    live = reference_outputs(FIXTURES / name, cases)["cases"]
+    live = reference_outputs(checkpoint_folder(name), cases)["cases"]
 
     predictor = nextterm_mlx.load(converted[name], dtype="float32")
     for old, new in zip(committed, live):

@@ -29,12 +29,18 @@ def stop_of(tokens):
     return make_prediction(tokens, 0.0).stop
 
 
+@pytest.mark.parametrize("path", ["compiled step", "eager loop"])
 @pytest.mark.parametrize("name", CHECKPOINTS)
-def test_tokens_and_logits_equal_transformers(name, converted):
+def test_tokens_and_logits_equal_transformers(name, path, converted):
+    """Both one-sequence paths: the compiled step (small models, GPUs) and
+    the eager loop (what the 440M model uses on a CPU)."""
     ref = reference(name)
     cases = ref["cases"]
     assert len(cases) >= 20
     predictor = nextterm_mlx.load(converted[name], dtype="float32")
+    assert predictor.static_decoder is not None  # the fixtures are small
+    if path == "eager loop":
+        predictor.static_decoder = None
     for case in cases:
         predictor.max_new_tokens = case["max_new_tokens"]
         predictions = predictor.continue_sequence(case["terms"], case["continue"])
@@ -85,5 +91,6 @@ def test_speculative_decoding_equals_transformers(name, converted):
         predictor.max_new_tokens = case["max_new_tokens"]
         predictions = predictor.continue_sequence(case["terms"], case["continue"])
         assert [p.tokens for p in predictions] == case["generated"], case["terms"]
+        np.testing.assert_allclose([p.logprob for p in predictions], case["logprobs"], atol=LOGPROB_ATOL)
     if name != "tied-v5":  # whose every answer is an empty term: nothing to draft
         assert predictor.speculation.accepted > 0
