@@ -240,26 +240,16 @@ def throughput(work: dict[str, float]) -> dict[str, float]:
     }
 
 
-def evaluate(
-    predictor: Predictor,
-    items: list[Item],
-    out: Optional[Path],
-    *,
-    batch_size: int = 16,
-    resume: bool = False,
-    other: Optional[Predictor] = None,
-    progress: bool = True,
-    beams: int = 1,
-) -> Optional[dict[str, Any]]:
+def evaluate(predictor: Predictor, items: list[Item], out: Optional[Path], **options: Any) -> Optional[dict[str, Any]]:
     """Evaluate `items` on this process's share of the distributed group and
     return the summary of all ranks' results on rank 0 (None elsewhere).
     Each rank keeps its own part file beside `out` for --resume; rank 0
-    writes the merged results to `out`."""
+    writes the merged results to `out`. `options` are run_eval's."""
     group = world()
     rank, size = group.rank(), group.size()
     part = out if out is None or size == 1 else out.with_name(f"{out.name}.rank{rank}-of-{size}")
-    results, work = run_eval(predictor, items[rank::size], part, batch_size=batch_size, resume=resume,
-                             other=other, progress=progress and rank == 0, beams=beams)
+    options["progress"] = options.get("progress", True) and rank == 0
+    results, work = run_eval(predictor, items[rank::size], part, **options)
     if size > 1:
         shares = [json.loads(b) for b in all_gather_bytes(group, json.dumps([results, work]).encode())]
         order = {item.id: index for index, item in enumerate(items)}
