@@ -1,9 +1,11 @@
 """Beam search candidates against brute-force scoring by transformers.
 
-For each prompt, transformers (CPU, float32) scores the shipped tiny model's
-every integer from -99 to 999 (its tokens and the separator) and every
-unfinished hypothesis of up to three tokens (any tokens but the stop ones),
-teacher-forced, and each candidate the beam search returns. That gives,
+For each prompt, transformers (CPU, float32) scores every integer from -999
+to 9999 (its tokens and the separator) and every unfinished hypothesis of up
+to four tokens (any tokens but the stop ones) on the shipped tiny model,
+teacher-forced, and each candidate the beam search returns. The scoring walks
+the tree of prefixes one token deep at a time, each prefix's row reusing its
+parent's key/value cache, so every prefix is computed once. That gives,
 independently of the beam search:
 
 - each returned candidate's exact log-probability;
@@ -11,11 +13,13 @@ independently of the beam search:
   beams must find exactly them: (a) each of them, at every length along its
   tokens, is among the K most likely unfinished hypotheses of that length
   (so no step prunes it), and (b) the N-th of them beats every unfinished
-  3-token hypothesis, so no integer of 4 or more tokens can outrank it.
+  4-token hypothesis, so no integer of 5 or more tokens can outrank it (every
+  integer of at most 4 tokens lies in -999..9999 and was scored).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import re
@@ -32,6 +36,8 @@ from nextterm_mlx.vocab import EOS, NEG, PAD, SEP, encode_prompt, encode_term, s
 torch = pytest.importorskip("torch")
 
 NON_STOP = [t for t in range(16) if t not in (SEP, EOS, PAD)]
+INTEGERS = range(-999, 10000)  # exactly the integers of at most 4 tokens
+DEPTH = 4
 BEAMS, TOP = 12, 3
 PROMPTS = [
     [2, 4, 6, 8], [1, 2, 3], [5, 10, 15, 20], [1, 4, 9, 16], [3, 1, 4, 1, 5], [10, 20, 30],
@@ -52,39 +58,53 @@ def reference_model():
     return load_reference_model(TINY_CHECKPOINT)
 
 
-def logprobs_after(model, prompt: list[int], rows: list[list[int]]) -> np.ndarray:
-    """log-softmax at the prompt's last position and after each token of each (equal-length) row."""
-    ids = torch.tensor([prompt + row for row in rows])
+def forward(model, ids: list[list[int]], cache) -> np.ndarray:
+    """log-softmax after each row's last token; `cache` (transformers' own) grows by the rows."""
+    name = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     with torch.no_grad():
-        logits = model(ids).logits[:, len(prompt) - 1 :].double()
+        logits = model(torch.tensor(ids), use_cache=True, **{name: cache}).logits[:, -1].double()
     return torch.log_softmax(logits, dim=-1).numpy()
 
 
+def next_token_logprobs(model, prompt: list[int], levels: list[list[tuple[int, ...]]]) -> dict:
+    """{prefix: log-softmax over the token after prompt + prefix} for the empty
+    prefix and every prefix in `levels` (levels[d] holds prefixes of d + 1
+    tokens, each extending one in levels[d - 1])."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    logprobs = {(): forward(model, [prompt], cache)[0]}
+    rows = {(): 0}  # the cache row of each prefix of the previous level
+    for level in levels:
+        cache.batch_select_indices(torch.tensor([rows[prefix[:-1]] for prefix in level]))
+        for prefix, lp in zip(level, forward(model, [[prefix[-1]] for prefix in level], cache)):
+            logprobs[prefix] = lp
+        rows = {prefix: i for i, prefix in enumerate(level)}
+    return logprobs
+
+
 def sequence_logprob(model, prompt: list[int], tokens: list[int]) -> float:
-    lp = logprobs_after(model, prompt, [tokens])[0]
+    """Teacher-forced log-probability of `tokens` after `prompt`, in one plain forward pass."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 :].double()
+    lp = torch.log_softmax(logits, dim=-1).numpy()
     return float(sum(lp[i, t] for i, t in enumerate(tokens)))
 
 
 def brute_force(model, terms):
-    """(score of every integer in -99..999, scores of all unfinished hypotheses by length 1..3)."""
-    prompt = encode_prompt(terms)
-    rows2 = [list(r) for r in itertools.product(NON_STOP, repeat=2)]
-    lp2 = logprobs_after(model, prompt, rows2)  # (n, 3, 16): before token 1, after 1, after 2
-    unfinished = {1: {}, 2: {}, 3: {}}
-    finished = {}
-    for row, lp in zip(rows2, lp2):
-        a, b = row
-        unfinished[1][(a,)] = lp[0, a]
-        finished[(a,)] = lp[0, a] + lp[1, SEP]
-        unfinished[2][(a, b)] = lp[0, a] + lp[1, b]
-        finished[(a, b)] = unfinished[2][(a, b)] + lp[2, SEP]
-        for c in NON_STOP:
-            unfinished[3][(a, b, c)] = unfinished[2][(a, b)] + lp[2, c]
-    three = [encode_term(n) for n in range(-99, 1000) if len(encode_term(n)) == 3]
-    lp3 = logprobs_after(model, prompt, three)
-    for tokens, lp in zip(three, lp3):
-        finished[tuple(tokens)] = unfinished[3][tuple(tokens)] + lp[3, SEP]
-    scores = {n: finished[tuple(encode_term(n))] for n in range(-99, 1000)}
+    """(score of every integer in -999..9999, scores of all unfinished hypotheses by length 1..4)."""
+    unfinished_levels = [list(itertools.product(NON_STOP, repeat=d)) for d in range(1, DEPTH)]
+    longest_integers = [tuple(encode_term(n)) for n in INTEGERS if len(encode_term(n)) == DEPTH]
+    after = next_token_logprobs(model, encode_prompt(terms), unfinished_levels + [longest_integers])
+    unfinished = {0: {(): 0.0}}
+    for depth in range(1, DEPTH + 1):
+        unfinished[depth] = {prefix + (t,): score + after[prefix][t]
+                             for prefix, score in unfinished[depth - 1].items() for t in NON_STOP}
+    scores = {}
+    for n in INTEGERS:
+        tokens = tuple(encode_term(n))
+        scores[n] = unfinished[len(tokens)][tokens] + after[tokens][SEP]
+    del unfinished[0]
     ranked = {depth: sorted(hyps, key=lambda k: -hyps[k]) for depth, hyps in unfinished.items()}
     return scores, unfinished, ranked
 
@@ -97,7 +117,7 @@ def beam_must_find(truth, unfinished, ranked):
         for depth in range(1, len(tokens) + 1):
             if ranked[depth].index(tokens[:depth]) >= BEAMS:
                 return False
-    return top[-1][1] > max(unfinished[3].values())
+    return top[-1][1] > max(unfinished[DEPTH].values())
 
 
 def test_candidates_match_brute_force(tiny, reference_model):
@@ -110,6 +130,8 @@ def test_candidates_match_brute_force(tiny, reference_model):
             assert candidate.tokens == encode_term(candidate.value) + [SEP]
             exact = sequence_logprob(reference_model, encode_prompt(terms), candidate.tokens)
             assert candidate.logprob == pytest.approx(exact, abs=1e-4)
+            if candidate.value in scores:  # the tree walk agrees with plain teacher forcing
+                assert scores[candidate.value] == pytest.approx(exact, abs=1e-4)
         truth = sorted(scores.items(), key=lambda kv: -kv[1])
         if beam_must_find(truth, unfinished, ranked):
             found_top += 1
