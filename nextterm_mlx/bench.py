@@ -29,6 +29,8 @@ from typing import Any, Callable
 BENCH_PARAMETERS_440M = 440_500_224
 # New tokens per sequence in the batched-eval figures, on both sides.
 EVAL_NEW_TOKENS = 8
+# Drafted tokens per verifying forward pass whose cost is set against one decode step.
+VERIFY_SIZES = (2, 4, 8)
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -114,7 +116,8 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
 
     forward(8)()
     result["step_seconds"] = median_time(forward(1), 5 * repeats)
-    result["verify8_seconds"] = median_time(forward(8), 5 * repeats)
+    for drafted in VERIFY_SIZES:
+        result[f"verify{drafted}_seconds"] = median_time(forward(drafted), 5 * repeats)
 
     predictor.max_new_tokens = EVAL_NEW_TOKENS  # as transformers' batched generate below
     for batch in (1, 8, 32):
@@ -331,7 +334,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "prefill_vs_stock_mlx": ratio(stock["prefill_seconds"], ours["prefill_seconds"]),
         "decode_vs_transformers_fp32": ratio(ours["decode_tok_s"], torch_fp32["decode_tok_s"]),
         "decode_vs_transformers_bf16": ratio(ours["decode_tok_s"], torch_bf16["decode_tok_s"]),
-        "verify8_vs_step": ratio(ours["verify8_seconds"], ours["step_seconds"]),
+        **{f"verify{k}_vs_step": ratio(ours[f"verify{k}_seconds"], ours["step_seconds"]) for k in VERIFY_SIZES},
         "bandwidth_fraction": ours["decode_tok_s"] * weight_bytes / 1e9 / bandwidth["read_gb_s"],
         "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
@@ -377,7 +380,9 @@ def markdown(report: dict) -> str:
         "",
         f"Prompt {ours['prompt_tokens']} tokens. nextterm-mlx: first term {ours['first_term_seconds']:.2f} s, "
         f"10-term continuation {ours['ten_terms_seconds']:.2f} s, peak RSS {ours['peak_rss_gb']:.2f} GB; "
-        f"one forward over 8 tokens {ours['verify8_seconds'] * 1e3:.0f} ms vs one step {ours['step_seconds'] * 1e3:.0f} ms. "
+        f"one forward over 2/4/8 tokens "
+        f"{'/'.join(str(round(ours[f'verify{k}_seconds'] * 1e3)) for k in VERIFY_SIZES)} ms "
+        f"vs one step {ours['step_seconds'] * 1e3:.0f} ms. "
         f"Conversion of the 440M checkpoint {report['conversion_440m']['seconds']:.1f} s, peak RSS "
         f"{report['conversion_440m']['peak_rss_gb']:.2f} GB.",
         "",
