@@ -6,8 +6,11 @@ checkpoint's oeis_checkpoint_meta.json) are removed, so the figures measure
 generalisation, not recall. The last term of each sequence is predicted from
 the others through the public API, `nextterm_mlx.load(folder).predict(terms)`.
 
-    python scripts/eval_tiny.py [--model nextterm_mlx/models/tiny] [--n 2000] [--seed 1]
+    python scripts/eval_tiny.py [--model nextterm_mlx/models/tiny] [--n 2000] [--seed 1] [--beams K]
                                 [--oeis /work/shared/data/oeis_sample_10k.txt] [--json PATH]
+
+Greedy decoding by default; `--beams K` takes the most likely candidate of a
+K-beam search instead.
 """
 
 from __future__ import annotations
@@ -55,12 +58,19 @@ def markdown(title: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_synthetic(predictor: nextterm_mlx.Predictor, tests: list[tuple[str, list[int]]]) -> dict:
+def next_term(predictor: nextterm_mlx.Predictor, terms: list[int], beams: int) -> int | None:
+    if beams == 1:
+        return predictor.predict(terms).value
+    best = predictor.candidates(terms, beams=beams, top=1).candidates
+    return best[0].value if best else None
+
+
+def evaluate_synthetic(predictor: nextterm_mlx.Predictor, tests: list[tuple[str, list[int]]], beams: int) -> dict:
     by_family, by_digits = [], []
     start = time.monotonic()
     for i, (family, terms) in enumerate(tests, 1):
         answer = terms[-1]
-        correct = predictor.predict(terms[:-1]).value == answer
+        correct = next_term(predictor, terms[:-1], beams) == answer
         by_family.append((family, correct))
         by_digits.append((f"{len(str(abs(answer))):2d} digits", correct))
         if i % 500 == 0:
@@ -69,7 +79,7 @@ def evaluate_synthetic(predictor: nextterm_mlx.Predictor, tests: list[tuple[str,
     return {"by_family": accuracy_rows(by_family) + overall, "by_answer_digits": accuracy_rows(by_digits) + overall}
 
 
-def evaluate_oeis(predictor: nextterm_mlx.Predictor, path: Path, limit: int) -> dict:
+def evaluate_oeis(predictor: nextterm_mlx.Predictor, path: Path, limit: int, beams: int) -> dict:
     """The last term of each of the first `limit` lines (`A000045 ,0,1,1,2,3,5,`) from the rest."""
     correct = evaluated = too_long = 0
     for line in path.read_text().splitlines()[:limit]:
@@ -78,7 +88,7 @@ def evaluate_oeis(predictor: nextterm_mlx.Predictor, path: Path, limit: int) -> 
             too_long += 1
             continue
         evaluated += 1
-        correct += predictor.predict(terms[:-1]).value == terms[-1]
+        correct += next_term(predictor, terms[:-1], beams) == terms[-1]
     return {"sequences": limit, "evaluated": evaluated, "skipped_too_long": too_long, "correct": correct,
             "accuracy": correct / evaluated if evaluated else None}
 
@@ -88,6 +98,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("nextterm_mlx/models/tiny"))
     parser.add_argument("--n", type=int, default=2000, help="test sequences drawn before removing seen ones")
     parser.add_argument("--seed", type=int, default=1, help="test seed; must differ from the training seed")
+    parser.add_argument("--beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
     parser.add_argument("--oeis", type=Path, help="also report accuracy on the first 1,000 sequences of this file")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -101,13 +112,14 @@ def main() -> None:
           f"drawn in training (seed {meta['seed']}) and were removed; {len(tests)} remain\n")
 
     predictor = nextterm_mlx.load(args.model)
-    figures = {"model": str(args.model), "test_seed": args.seed, "drawn": args.n, "removed_as_seen": removed}
-    figures.update(evaluate_synthetic(predictor, tests))
+    figures = {"model": str(args.model), "test_seed": args.seed, "drawn": args.n, "removed_as_seen": removed,
+               "beams": args.beams}
+    figures.update(evaluate_synthetic(predictor, tests, args.beams))
     print(markdown("family", figures["by_family"]) + "\n")
     print(markdown("answer length", figures["by_answer_digits"]) + "\n")
 
     if args.oeis:
-        figures["oeis"] = evaluate_oeis(predictor, args.oeis, 1000)
+        figures["oeis"] = evaluate_oeis(predictor, args.oeis, 1000, args.beams)
         oeis = figures["oeis"]
         print(f"OEIS, first {oeis['sequences']} of {args.oeis.name}: {oeis['correct']}/{oeis['evaluated']} = "
               f"{100 * oeis['accuracy']:.1f}% ({oeis['skipped_too_long']} skipped: prompt longer than "

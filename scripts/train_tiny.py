@@ -7,7 +7,7 @@ from scripts/synthetic_sequences.py with a fixed seed; whole sequences are
 packed into fixed-length blocks, each attending only to itself, and training
 stops when the time budget runs out, with the learning rate decayed over it.
 
-    python scripts/train_tiny.py [--minutes 28] [--out nextterm_mlx/models/tiny]
+    python scripts/train_tiny.py [--minutes 29.5] [--out nextterm_mlx/models/tiny]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def learning_rate(peak: float, step: int, warmup: int, progress: float) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=28.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=29.5, help="training time budget")
     parser.add_argument("--out", type=Path, default=Path("nextterm_mlx/models/tiny"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block", type=int, default=512, help="tokens per packed row; longer sequences are dropped")
