@@ -4,10 +4,15 @@ Each family is a function of a `random.Random` that returns an endless
 iterator of terms; `sample` picks a family and a length (3 to 40 terms) and
 cuts the sequence before a term would exceed 20 digits. Everything depends
 only on the generator's state, so a seed names a whole stream of sequences.
+
+    python scripts/synthetic_sequences.py [--n 500] [--seed 7] > sequences.txt
+
+writes sequences one per line, comma-separated, for `nextterm-mlx eval`.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 from itertools import count
 from typing import Iterator
@@ -165,3 +170,17 @@ def sample(rng: random.Random) -> tuple[str, list[int]]:
         terms = take(FAMILIES[family](rng), length)
         if len(terms) >= MIN_TERMS:
             return family, terms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write synthetic integer sequences, one per line.")
+    parser.add_argument("--n", type=int, default=500, help="how many sequences")
+    parser.add_argument("--seed", type=int, default=7, help="the stream; training uses 0")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    for _ in range(args.n):
+        print(",".join(map(str, sample(rng)[1])))
+
+
+if __name__ == "__main__":
+    main()
