@@ -26,6 +26,8 @@ OPENBLAS_CANDIDATES = (
 
 # The library loaded, or None: what `nextterm-mlx info` reports.
 loaded_blas: Optional[str] = None
+# Set when mlx.core was imported before this module, so OpenBLAS could not be loaded.
+imported_too_late = False
 
 
 def describe() -> str:
@@ -36,15 +38,18 @@ def describe() -> str:
         return f"OpenBLAS ({loaded_blas})"
     if os.environ.get("NEXTTERM_MLX_BLAS") == "0":
         return "bundled reference BLAS (NEXTTERM_MLX_BLAS=0)"
+    if imported_too_late:
+        return "bundled reference BLAS (mlx.core was imported before nextterm_mlx; import nextterm_mlx first)"
     return "bundled reference BLAS (install libopenblas0-pthread for a ~25x faster prefill)"
 
 
 def _preload_openblas() -> None:
-    global loaded_blas
+    global loaded_blas, imported_too_late
     if sys.platform != "linux" or os.environ.get("NEXTTERM_MLX_BLAS") == "0":
         return
-    if "mlx.core" in sys.modules:
-        return  # too late: MLX has already bound its BLAS
+    if "mlx.core" in sys.modules:  # MLX has already bound its BLAS
+        imported_too_late = True
+        return
     for path in OPENBLAS_CANDIDATES:
         if os.path.exists(path):
             try:

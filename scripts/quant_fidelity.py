@@ -29,12 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# nextterm_mlx first: it can give MLX OpenBLAS only before mlx.core is loaded.
+import nextterm_mlx  # noqa: E402
+from nextterm_mlx.decode import prefill  # noqa: E402
+
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
-import nextterm_mlx  # noqa: E402
-from nextterm_mlx.decode import prefill  # noqa: E402
 from scripts.synthetic_sequences import sample  # noqa: E402
 
 VARIANTS = {

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nextterm_mlx.blas import OPENBLAS_CANDIDATES
 
 DESCRIBE = "import nextterm_mlx.blas as b, mlx.core; print(b.describe())"
@@ -23,6 +25,13 @@ def test_openblas_is_loaded_when_present_and_can_be_disabled():
     assert python(DESCRIBE, NEXTTERM_MLX_BLAS="0").startswith("bundled reference BLAS (NEXTTERM_MLX_BLAS=0)")
     if sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES):
         assert python(DESCRIBE).startswith("OpenBLAS (")
+
+
+def test_importing_mlx_first_is_reported():
+    if not (sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES)):
+        pytest.skip("no system OpenBLAS to load")
+    described = python("import mlx.core, nextterm_mlx.blas as b; print(b.describe())")
+    assert "mlx.core was imported before nextterm_mlx" in described
 
 
 def test_reference_parity_holds_with_the_bundled_blas():
