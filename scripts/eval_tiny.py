@@ -59,8 +59,7 @@ def markdown(title: str, rows: list[dict]) -> str:
 
 
 def next_term(predictor: nextterm_mlx.Predictor, terms: list[int], beams: int) -> int | None:
-    if beams == 1:
-        return predictor.predict(terms).value
+    """The most likely candidate of a `beams`-beam search (one beam is greedy decoding)."""
     best = predictor.candidates(terms, beams=beams, top=1).candidates
     return best[0].value if best else None
 
