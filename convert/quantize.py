@@ -4,6 +4,13 @@ mlx-lm's quantize_model does the work and writes its config format (a
 `quantization` key with per-layer overrides), so `mlx_lm.load` reads the
 result. The embedding and the output head stay unquantized: each is only
 16 x hidden, so there is nothing to gain and fidelity to lose.
+
+Scales and biases are computed from float32 weights, and 8-bit layers keep
+them in float32. Quantizing a bfloat16 model the usual way rounds them to
+bfloat16, which can move the top level of 255 by half a step as well: as
+much error again as 8-bit rounding itself. At 4 bits (15 steps) that shift
+is 0.03 of a step, so those stay in the model's dtype, at 11-20% less size.
+Loaders cast them to the dtype they compute in (nextterm_mlx.loading).
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_map_with_path
 from mlx_lm.convert import mixed_quant_predicate_builder
 from mlx_lm.utils import quantize_model
 
@@ -91,8 +100,17 @@ def quantize(model: nn.Module, config: dict[str, Any], q: Quantization) -> tuple
         if isinstance(module, nn.Linear) and not any(name in path for name in UNQUANTIZED)
         and module.weight.shape[-1] % q.group_size != 0
     ]
+    dtype = model.model.embed_tokens.weight.dtype  # the dtype everything else stays in
+    model.set_dtype(mx.float32)
     with contextlib.redirect_stdout(sys.stderr):  # quantize_model prints a line; stdout is for results
         _, config = quantize_model(model, config, q.group_size, q.bits, mode=q.mode, quant_predicate=predicate)
+    float32 = {f"{path}.{name}" for path, module in model.named_modules()
+               if isinstance(module, nn.QuantizedLinear) and module.mode == "affine" and module.bits == 8
+               for name in ("scales", "biases")}
+    model.update(tree_map_with_path(
+        lambda path, p: p if path in float32 or not mx.issubdtype(p.dtype, mx.floating) else p.astype(dtype),
+        model.parameters(),
+    ))
     return config, sorted(skipped)
 
 

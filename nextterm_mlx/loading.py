@@ -19,10 +19,14 @@ def on_cpu() -> bool:
     return mx.default_device().type == mx.DeviceType.cpu
 
 
-def default_compute_dtype() -> Optional[str]:
+def default_compute_dtype(config: dict[str, Any]) -> Optional[str]:
     """float32 on a CPU, where MLX's bfloat16 matmul is several times slower
-    than float32 with a real BLAS; on a GPU the stored dtype, the fast path."""
-    return "float32" if on_cpu() else None
+    than float32 with a real BLAS; on a GPU the dtype the folder was converted
+    in, the fast path (quantization scales, stored in float32, cast to it)."""
+    if on_cpu():
+        return "float32"
+    stored = config.get("torch_dtype")
+    return stored if stored in DTYPES else None
 
 
 def load_mlx_folder(
@@ -46,7 +50,7 @@ def load_mlx_folder(
               "matmul is slow (--keep-quantized to keep them)", file=sys.stderr)
         model.set_dtype(DTYPES[dtype])  # first, so that scale * q + bias is computed in `dtype`
         model = dequantize_model(model)
-    dtype = dtype or default_compute_dtype()
+    dtype = dtype or default_compute_dtype(config)
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])
     mx.eval(model.parameters())

@@ -92,3 +92,35 @@ def test_bad_quantization_options_are_one_line(tmp_path, options, message):
                           capture_output=True, text=True)
     assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_no_8_bit_weight_moves_more_than_one_step(tmp_path):
+    # Affine quantization puts each weight on one of 256 levels spaced
+    # |scale| apart; MLX shifts the levels so that zero is one of them, which
+    # can cost up to a whole step. Scales rounded to bfloat16 (what quantizing
+    # a bfloat16 model gives) move level 255 by up to another half step.
+    import mlx.core as mx
+    import numpy as np
+
+    checkpoint = {name: np.asarray(w.astype(mx.float32)) for name, w in mx.load(str(SOURCE / "model.safetensors")).items()}
+    model, _ = mlx_lm_load(str(quantized(tmp_path, bits=8)))
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.QuantizedLinear):
+            continue
+        restored = mx.dequantize(module.weight, module.scales, module.biases, module.group_size, module.bits)
+        moved = np.abs(np.asarray(restored) - checkpoint[f"{name}.weight"])
+        step = np.repeat(np.abs(np.asarray(module.scales)), module.group_size, axis=-1)  # MLX's can be negative
+        assert (moved <= step * (1 + 1e-5)).all(), name
+
+
+@pytest.mark.parametrize("options,scales", [({"bits": 8}, "float32"), ({"bits": 4}, "bfloat16"),
+                                            ({"recipe": "mixed_4_8"}, None)])
+def test_scales_are_float32_at_8_bits_and_the_rest_keeps_its_dtype(tmp_path, options, scales):
+    import mlx.core as mx
+
+    model, _ = mlx_lm_load(str(quantized(tmp_path, **options)))
+    for module in model.modules():
+        if isinstance(module, nn.QuantizedLinear):
+            expected = getattr(mx, scales or ("float32" if module.bits == 8 else "bfloat16"))
+            assert module.scales.dtype == expected and module.biases.dtype == expected
+    assert model.model.norm.weight.dtype == mx.bfloat16 and model.lm_head.weight.dtype == mx.bfloat16
