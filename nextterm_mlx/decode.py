@@ -144,36 +144,40 @@ def decode(
 
     started = time.perf_counter()
     rows = [Terms(n_terms, max_new_tokens) for _ in prompts]
-    active = list(range(len(prompts)))
+    # The row each line of the batch computes. A finished row stays in the
+    # batch, its tokens ignored, until no more than half the lines are still
+    # needed: dropping lines copies every layer's cache, which costs more
+    # than computing a few spare rows.
+    lines = list(range(len(prompts)))
+    finished: set[int] = set()
     if strict:
         logits = mask_to_integers(logits, [[] for _ in prompts])
     step = greedy_step(logits)
     while True:
         if not strict:
             # Feed this step's tokens before reading them on the host, so the
-            # next forward pass overlaps the bookkeeping; a row that turns out
-            # to be finished is dropped from its result and from the cache.
+            # next forward pass overlaps the bookkeeping.
             following = greedy_step(model(step[0][:, None], cache=cache)[:, -1].astype(mx.float32))
             mx.async_eval(*following)
-        next_tokens, logprobs = step[0].tolist(), step[1].tolist()
-        stats.generated_tokens += len(active)
-        keep = []
-        for position, (index, token, logprob) in enumerate(zip(active, next_tokens, logprobs)):
-            if not rows[index].add(token, logprob):
-                keep.append(position)
-        if not keep:
+        for index, token, logprob in zip(lines, step[0].tolist(), step[1].tolist()):
+            if index not in finished:
+                stats.generated_tokens += 1
+                if rows[index].add(token, logprob):
+                    finished.add(index)
+        if len(finished) == len(rows):
             break
-        if len(keep) < len(active):
-            kept = mx.array(keep)
+        needed = [line for line, index in enumerate(lines) if index not in finished]
+        if len(needed) <= len(lines) // 2:
+            kept = mx.array(needed)
             for layer_cache in cache:
                 layer_cache.filter(kept)
-            active = [active[p] for p in keep]
+            lines = [lines[line] for line in needed]
             step = (step[0][kept], step[1][kept])
             if not strict:
                 following = (following[0][kept], following[1][kept])
         if strict:
             logits = model(step[0][:, None], cache=cache)[:, -1].astype(mx.float32)
-            step = greedy_step(mask_to_integers(logits, [rows[index].tokens for index in active]))
+            step = greedy_step(mask_to_integers(logits, [rows[index].tokens for index in lines]))
         else:
             step = following
     stats.decode_seconds += time.perf_counter() - started
