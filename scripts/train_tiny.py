@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--ffn", type=int, default=768)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip torch.compile (it needs a C compiler)")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -143,6 +145,10 @@ def main() -> None:
         lr=args.lr, betas=(0.9, 0.95),
     )
 
+    # At this size elementwise ops and dtype casts, not matmuls, take most of
+    # a step; compiling fuses them: 1.35x the tokens/s here for ~45 s of
+    # compiling, which counts against the budget.
+    forward = torch.compile(model) if args.compile else model
     stream = SequenceStream(args.seed, args.block)
     budget = args.minutes * 60
     start = last_report = time.monotonic()
@@ -157,7 +163,7 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args.lr, step, args.warmup, elapsed / budget)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
+            loss = forward(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
