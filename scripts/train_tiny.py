@@ -146,7 +146,7 @@ def main() -> None:
     )
 
     # At this size elementwise ops and dtype casts, not matmuls, take most of
-    # a step; compiling fuses them: 1.35x the tokens/s here for ~45 s of
+    # a step; compiling fuses them: 1.33x the tokens/s here for ~45 s of
     # compiling, which counts against the budget.
     forward = torch.compile(model) if args.compile else model
     stream = SequenceStream(args.seed, args.block)

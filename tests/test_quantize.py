@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 
+import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 import pytest
 from mlx_lm import load as mlx_lm_load
 
@@ -99,9 +101,6 @@ def test_no_8_bit_weight_moves_more_than_one_step(tmp_path):
     # |scale| apart; MLX shifts the levels so that zero is one of them, which
     # can cost up to a whole step. Scales rounded to bfloat16 (what quantizing
     # a bfloat16 model gives) move level 255 by up to another half step.
-    import mlx.core as mx
-    import numpy as np
-
     checkpoint = {name: np.asarray(w.astype(mx.float32)) for name, w in mx.load(str(SOURCE / "model.safetensors")).items()}
     model, _ = mlx_lm_load(str(quantized(tmp_path, bits=8)))
     for name, module in model.named_modules():
@@ -113,14 +112,11 @@ def test_no_8_bit_weight_moves_more_than_one_step(tmp_path):
         assert (moved <= step * (1 + 1e-5)).all(), name
 
 
-@pytest.mark.parametrize("options,scales", [({"bits": 8}, "float32"), ({"bits": 4}, "bfloat16"),
-                                            ({"recipe": "mixed_4_8"}, None)])
-def test_scales_are_float32_at_8_bits_and_the_rest_keeps_its_dtype(tmp_path, options, scales):
-    import mlx.core as mx
-
+@pytest.mark.parametrize("options", [{"bits": 8}, {"bits": 4}, {"recipe": "mixed_4_8"}])
+def test_scales_are_float32_at_8_bits_and_the_rest_keeps_its_dtype(tmp_path, options):
     model, _ = mlx_lm_load(str(quantized(tmp_path, **options)))
     for module in model.modules():
         if isinstance(module, nn.QuantizedLinear):
-            expected = getattr(mx, scales or ("float32" if module.bits == 8 else "bfloat16"))
+            expected = mx.float32 if module.bits == 8 else mx.bfloat16
             assert module.scales.dtype == expected and module.biases.dtype == expected
     assert model.model.norm.weight.dtype == mx.bfloat16 and model.lm_head.weight.dtype == mx.bfloat16
