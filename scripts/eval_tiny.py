@@ -33,7 +33,8 @@ from scripts.synthetic_sequences import sample  # noqa: E402
 def training_sequences(meta: dict) -> set[tuple[int, ...]]:
     """Every sequence the training run drew, regenerated from its seed."""
     rng = random.Random(meta["seed"])
-    return {tuple(sample(rng)[1]) for _ in range(meta["sequences_generated"])}
+    weights = meta.get("family_weights")  # absent: every family equally likely
+    return {tuple(sample(rng, weights)[1]) for _ in range(meta["sequences_generated"])}
 
 
 def unseen_test_set(seed: int, n: int, seen: set[tuple[int, ...]]) -> tuple[list[tuple[str, list[int]]], int]:

@@ -161,10 +161,15 @@ def take(terms: Iterator[int], length: int) -> list[int]:
     return kept
 
 
-def sample(rng: random.Random) -> tuple[str, list[int]]:
+def sample(rng: random.Random, weights: dict[str, float] | None = None) -> tuple[str, list[int]]:
     """A family name and a sequence of 3 to 40 terms from it; a draw that
-    grows past 20 digits before its third term is drawn again."""
-    family = rng.choice(list(FAMILIES))
+    grows past 20 digits before its third term is drawn again. Families are
+    equally likely unless `weights` (family name -> relative weight, 1 for
+    those left out) says otherwise."""
+    if weights is None:
+        family = rng.choice(list(FAMILIES))
+    else:
+        family = rng.choices(list(FAMILIES), [weights.get(name, 1.0) for name in FAMILIES])[0]
     length = rng.randint(MIN_TERMS, MAX_TERMS)
     while True:
         terms = take(FAMILIES[family](rng), length)

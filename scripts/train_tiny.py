@@ -33,9 +33,23 @@ from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nextterm_mlx.vocab import BOS, EOS, PAD, VOCAB_SIZE, encode_prompt  # noqa: E402
-from scripts.synthetic_sequences import sample  # noqa: E402
+from scripts.synthetic_sequences import FAMILIES, sample  # noqa: E402
 
 IGNORE = -100  # label that cross-entropy skips
+
+
+def family_weight(text: str) -> tuple[str, float]:
+    """`name=weight` from the command line."""
+    name, _, weight = text.partition("=")
+    if name not in FAMILIES:
+        raise argparse.ArgumentTypeError(f"unknown family {name!r}; families: {', '.join(FAMILIES)}")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be a number, as in {name}=2") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be a non-negative number")
+    return name, value
 
 
 def make_model(hidden: int, layers: int, ffn: int, heads: int, kv_heads: int) -> Qwen3ForCausalLM:
@@ -64,15 +78,16 @@ class SequenceStream:
     fixes. `generated` counts every sequence drawn, those dropped included, so
     that the evaluation can regenerate exactly the sequences training saw."""
 
-    def __init__(self, seed: int, max_tokens: int):
+    def __init__(self, seed: int, max_tokens: int, family_weights: dict[str, float] | None = None):
         self.rng = random.Random(seed)
         self.max_tokens = max_tokens
+        self.family_weights = family_weights
         self.generated = 0
         self.dropped = 0
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            _, terms = sample(self.rng)
+            _, terms = sample(self.rng, self.family_weights)
             self.generated += 1
             ids = encode_prompt(terms) + [EOS]
             if len(ids) > self.max_tokens:
@@ -129,9 +144,14 @@ def main() -> None:
     parser.add_argument("--ffn", type=int, default=768)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--family-weight", type=family_weight, action="append", default=[], metavar="NAME=W",
+                        help="relative share of a family in training, 1 unless given (the test set keeps "
+                             "every family equally likely)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip torch.compile (it needs a C compiler)")
     args = parser.parse_args()
+
+    family_weights = dict(args.family_weight) or None  # None: every family equally likely
 
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
@@ -149,7 +169,7 @@ def main() -> None:
     # a step; compiling fuses them: 1.33x the tokens/s here for ~45 s of
     # compiling, which counts against the budget.
     forward = torch.compile(model) if args.compile else model
-    stream = SequenceStream(args.seed, args.block)
+    stream = SequenceStream(args.seed, args.block, family_weights)
     budget = args.minutes * 60
     start = last_report = time.monotonic()
     step = tokens = report_tokens = 0
@@ -194,6 +214,7 @@ def main() -> None:
         "sequences_generated": stream.generated,
         "sequences_dropped": stream.dropped,
         "seed": args.seed,
+        "family_weights": family_weights,
         "minutes": round(minutes, 2),
         "steps": step,
         "final_loss": round(sum(recent_losses) / len(recent_losses), 4),
