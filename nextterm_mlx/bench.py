@@ -26,7 +26,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable
 
-BENCH_PARAMETERS_440M = 440_500_224
 # New tokens per sequence in the batched-eval figures, on both sides.
 EVAL_NEW_TOKENS = 8
 # Drafted tokens per verifying forward pass whose cost is set against one decode step.
@@ -76,6 +75,7 @@ def worker_mlx_lm(model_path: str, prompts: dict, repeats: int, new_tokens: int)
 def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
     """nextterm-mlx's own paths: prefill, decode, terms, verify cost, batched eval."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten
     from mlx_lm.models.cache import make_prompt_cache
 
     import nextterm_mlx
@@ -94,13 +94,24 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
     result = {"blas": blas.describe(), "prompt_tokens": int(prompt.size),
               "prefill_seconds": median_time(prefill_once, repeats)}
 
-    rates = []
+    # Batch-1 decode reads every weight once per token, so memory bandwidth
+    # bounds it. Each repeat measures the bandwidth (in its own process, so
+    # that its 1 GiB stays out of this one's peak RSS) right before decoding,
+    # so that the fraction does not move with whatever else the machine does
+    # between two measurements.
+    weight_bytes = sum(w.nbytes for _, w in tree_flatten(model.parameters()))
+    rates, read_gb_s = [], []
     for _ in range(repeats):
+        read_gb_s.append(run_worker(["bandwidth", "5"])["read_gb_s"])
         stats = DecodeStats()
         while stats.generated_tokens < 4 * new_tokens:
             predictor.continue_batch([prompts["single"]], 10, stats)
         rates.append(stats.generated_tokens / stats.decode_seconds)
     result["decode_tok_s"] = statistics.median(rates)
+    result["weight_bytes"] = weight_bytes
+    result["memory_read_gb_s"] = statistics.median(read_gb_s)
+    result["bandwidth_fraction"] = statistics.median(
+        rate * weight_bytes / 1e9 / read for rate, read in zip(rates, read_gb_s))
     result["first_term_seconds"] = median_time(lambda: predictor.predict(prompts["single"]), repeats)
     result["ten_terms_seconds"] = median_time(lambda: predictor.continue_sequence(prompts["single"], 10), repeats)
 
@@ -214,10 +225,11 @@ def worker_convert(hf_path: str, out: str) -> dict:
 
 
 def worker_bandwidth(repeats: int) -> dict:
+    """The machine's memory read bandwidth: numpy summing 1 GiB, median of `repeats`."""
     import numpy as np
 
-    data = np.ones(2**28, dtype=np.float32)  # 1 GiB
-    seconds = median_time(lambda: data.sum(), repeats + 2)
+    data = np.ones(2**28, dtype=np.float32)
+    seconds = median_time(lambda: data.sum(), repeats)
     return {"read_gb_s": data.nbytes / seconds / 1e9}
 
 
@@ -296,8 +308,6 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     conversion = run_worker(["convert", str(checkpoints["440m"]), str(mlx_440m)])
     run_worker(["convert", str(checkpoints["proxy"]), str(mlx_proxy)])
     common = [json.dumps(prompts), str(repeats), str(new_tokens)]
-    print("measuring memory bandwidth", file=sys.stderr)
-    bandwidth = run_worker(["bandwidth", str(repeats)])
     print("measuring transformers bf16 and fp32", file=sys.stderr)
     torch_bf16 = run_reference(checkpoints["440m"], "bfloat16", prompts_file, repeats, new_tokens)
     torch_fp32 = run_reference(checkpoints["440m"], "float32", prompts_file, repeats, new_tokens)
@@ -310,7 +320,6 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     print("measuring speculative decoding on the tiny model", file=sys.stderr)
     speculation = run_worker(["speculation", "tiny", *common])
 
-    weight_bytes = BENCH_PARAMETERS_440M * 4  # float32 on the CPU
     report = {
         "date": date.today().isoformat(),
         "quick": quick,
@@ -319,7 +328,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "versions": versions(),
         "blas": ours["blas"],
         "prompts": prompts["source"],
-        "memory_read_gb_s": bandwidth["read_gb_s"],
+        "memory_read_gb_s": ours["memory_read_gb_s"],
         "conversion_440m": conversion,
         "transformers_bf16": torch_bf16,
         "transformers_fp32": torch_fp32,
@@ -335,7 +344,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "decode_vs_transformers_fp32": ratio(ours["decode_tok_s"], torch_fp32["decode_tok_s"]),
         "decode_vs_transformers_bf16": ratio(ours["decode_tok_s"], torch_bf16["decode_tok_s"]),
         **{f"verify{k}_vs_step": ratio(ours[f"verify{k}_seconds"], ours["step_seconds"]) for k in VERIFY_SIZES},
-        "bandwidth_fraction": ours["decode_tok_s"] * weight_bytes / 1e9 / bandwidth["read_gb_s"],
+        "bandwidth_fraction": ours["bandwidth_fraction"],
         "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
                                            torch_bf16["eval_sequences_per_second"]),
