@@ -94,11 +94,11 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
     result = {"blas": blas.describe(), "prompt_tokens": int(prompt.size),
               "prefill_seconds": median_time(prefill_once, repeats)}
 
-    # Batch-1 decode reads every weight once per token, so memory bandwidth
-    # bounds it. Each repeat measures the bandwidth (in its own process, so
-    # that its 1 GiB stays out of this one's peak RSS) right before decoding,
-    # so that the fraction does not move with whatever else the machine does
-    # between two measurements.
+    # Batch-1 decode reads every weight once per token; the fraction sets
+    # the bytes it reads per second against a plain read. Each repeat
+    # measures the read (in its own process, so that its 1 GiB stays out of
+    # this one's peak RSS) right before decoding, so that the fraction does
+    # not move with whatever else the machine does between two measurements.
     weight_bytes = sum(w.nbytes for _, w in tree_flatten(model.parameters()))
     rates, read_gb_s = [], []
     for _ in range(repeats):
@@ -225,7 +225,8 @@ def worker_convert(hf_path: str, out: str) -> dict:
 
 
 def worker_bandwidth(repeats: int) -> dict:
-    """The machine's memory read bandwidth: numpy summing 1 GiB, median of `repeats`."""
+    """Memory read bandwidth as one thread sees it (numpy summing 1 GiB), median of
+    `repeats`; on this project's 2-core machine both cores together read about twice as fast."""
     import numpy as np
 
     data = np.ones(2**28, dtype=np.float32)

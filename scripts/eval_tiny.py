@@ -1,8 +1,8 @@
 """Next-term accuracy of the tiny model on synthetic sequences it never saw, and on OEIS.
 
 The test sequences come from another seed than training; any that the
-training stream also drew (regenerated from the seed and count in the
-checkpoint's oeis_checkpoint_meta.json) are removed, so the figures measure
+training stream also drew (regenerated from the seed, count and family
+weights in the checkpoint's oeis_checkpoint_meta.json) are removed, so the figures measure
 generalisation, not recall. The last term of each sequence is predicted from
 the others through the public API, `nextterm_mlx.load(folder).predict(terms)`.
 
