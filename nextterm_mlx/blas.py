@@ -6,11 +6,19 @@ before `mlx.core` is imported makes MLX resolve its BLAS symbols there
 instead (about 250 GFLOP/s): prefill gets ~25x faster, decode ~2x.
 This module must therefore be imported before anything imports mlx.
 Set NEXTTERM_MLX_BLAS=0 to keep MLX's own BLAS.
+
+MLX computes even a one-row product (a decode step) with sgemm, which this
+OpenBLAS runs at a quarter of the memory bandwidth. The small compiled
+kernel in nextterm_mlx/_skinny.c computes products of up to 16 rows by
+streaming the weights once on every core; it is loaded first so MLX's
+cblas_sgemm resolves to it, and passes everything else to OpenBLAS.
+NEXTTERM_MLX_SKINNY=0 leaves it out.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import sys
 from typing import Optional
@@ -26,6 +34,8 @@ OPENBLAS_CANDIDATES = (
 
 # The library loaded, or None: what `nextterm-mlx info` reports.
 loaded_blas: Optional[str] = None
+# The skinny-product kernel, when MLX's cblas_sgemm goes through it.
+skinny_kernel: Optional[ctypes.CDLL] = None
 # Set when mlx.core was imported before this module, so OpenBLAS could not be loaded.
 imported_too_late = False
 
@@ -34,8 +44,10 @@ def describe() -> str:
     """Which BLAS MLX's CPU backend uses, in words."""
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
+    if loaded_blas and skinny_kernel is not None:
+        return f"OpenBLAS ({loaded_blas}), products of up to 16 rows by nextterm-mlx's kernel"
     if loaded_blas:
-        return f"OpenBLAS ({loaded_blas})"
+        return f"OpenBLAS ({loaded_blas}){_why_no_kernel()}"
     if os.environ.get("NEXTTERM_MLX_BLAS") == "0":
         return "bundled reference BLAS (NEXTTERM_MLX_BLAS=0)"
     if imported_too_late:
@@ -43,8 +55,32 @@ def describe() -> str:
     return "bundled reference BLAS (install libopenblas0-pthread for a ~25x faster prefill)"
 
 
+def _why_no_kernel() -> str:
+    if os.environ.get("NEXTTERM_MLX_SKINNY") == "0":
+        return ", every product through its GEMM (NEXTTERM_MLX_SKINNY=0)"
+    return (", every product through its GEMM (the skinny-product kernel was not built: "
+            "reinstall nextterm-mlx where a C compiler is present)")
+
+
+def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
+    """Put the kernel, wired to this OpenBLAS, first in line for MLX's cblas_sgemm."""
+    if os.environ.get("NEXTTERM_MLX_SKINNY") == "0":
+        return None
+    spec = importlib.util.find_spec("nextterm_mlx._skinny")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        kernel = ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return None
+    # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
+    kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv, openblas.openblas_get_num_threads())
+    kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
+    return kernel
+
+
 def _preload_openblas() -> None:
-    global loaded_blas, imported_too_late
+    global loaded_blas, imported_too_late, skinny_kernel
     if sys.platform != "linux" or os.environ.get("NEXTTERM_MLX_BLAS") == "0":
         return
     if "mlx.core" in sys.modules:  # MLX has already bound its BLAS
@@ -53,9 +89,12 @@ def _preload_openblas() -> None:
     for path in OPENBLAS_CANDIDATES:
         if os.path.exists(path):
             try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                # Privately first: the kernel must enter the global scope before OpenBLAS does.
+                openblas = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
             except OSError:
                 continue
+            skinny_kernel = _load_skinny_kernel(openblas)
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             loaded_blas = path
             return
 

@@ -1,5 +1,6 @@
-"""The OpenBLAS preload: reported by `info`, switched off by NEXTTERM_MLX_BLAS=0,
-and the reference parity holds either way."""
+"""The OpenBLAS preload and the skinny-product kernel: reported by `info`,
+switched off by NEXTTERM_MLX_BLAS=0 and NEXTTERM_MLX_SKINNY=0, products checked
+against numpy in float64, and the reference parity holds on every path."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
 import pytest
 
+from nextterm_mlx import blas
 from nextterm_mlx.blas import OPENBLAS_CANDIDATES
+
+HAS_OPENBLAS = sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES)
+needs_kernel = pytest.mark.skipif(blas.skinny_kernel is None, reason="the skinny-product kernel is not loaded")
 
 DESCRIBE = "import nextterm_mlx.blas as b, mlx.core; print(b.describe())"
 
@@ -23,22 +30,108 @@ def python(code: str, **env) -> str:
 
 def test_openblas_is_loaded_when_present_and_can_be_disabled():
     assert python(DESCRIBE, NEXTTERM_MLX_BLAS="0").startswith("bundled reference BLAS (NEXTTERM_MLX_BLAS=0)")
-    if sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES):
+    if HAS_OPENBLAS:
         assert python(DESCRIBE).startswith("OpenBLAS (")
 
 
 def test_importing_mlx_first_is_reported():
-    if not (sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES)):
+    if not HAS_OPENBLAS:
         pytest.skip("no system OpenBLAS to load")
     described = python("import mlx.core, nextterm_mlx.blas as b; print(b.describe())")
     assert "mlx.core was imported before nextterm_mlx" in described
 
 
-def test_reference_parity_holds_with_the_bundled_blas():
+def test_the_skinny_kernel_is_loaded_with_openblas_and_can_be_disabled():
+    if not HAS_OPENBLAS:
+        pytest.skip("no system OpenBLAS to load")
+    assert blas.skinny_kernel is not None, blas.describe()
+    assert blas.describe().endswith("products of up to 16 rows by nextterm-mlx's kernel")
+    assert "through its GEMM (NEXTTERM_MLX_SKINNY=0)" in python(DESCRIBE, NEXTTERM_MLX_SKINNY="0")
+
+
+def kernel_calls() -> int:
+    return blas.skinny_kernel.nextterm_skinny_calls()
+
+
+def random_array(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def linear(rows: int, depth: int, outputs: int, seed: int):
+    """A Linear layer's product: rows of activations times a transposed (outputs, depth) weight."""
+    return random_array((rows, depth), seed), random_array((outputs, depth), seed + 1).T
+
+
+# (a, b) of products with few rows or one column, in each layout MLX hands to BLAS.
+# The Linear shapes cover odd row counts, a depth that is not a multiple of
+# the 8-float vectors and outputs that are not a multiple of the 4-row blocks;
+# the larger ones are split between threads.
+PRODUCTS = {
+    "decode's Linear, one row": lambda: linear(1, 300, 70, 0),
+    "three rows, ragged depth and outputs": lambda: linear(3, 301, 71, 2),
+    "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
+    "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
+    "one row, threaded, ragged": lambda: linear(1, 3071, 1027, 8),
+    "batch of single rows": lambda: (random_array((3, 1, 300), 10), random_array((3, 70, 300), 11).transpose(0, 2, 1)),
+    "row times matrix": lambda: (random_array((1, 300), 12), random_array((300, 70), 13)),
+    "transposed column times matrix": lambda: (random_array((300, 1), 14).T, random_array((300, 70), 15)),
+    "matrix times column": lambda: (random_array((70, 300), 16), random_array((300, 1), 17)),
+    "transposed matrix times column": lambda: (random_array((300, 70), 18).T, random_array((300, 1), 19)),
+    "matrix times transposed row": lambda: (random_array((70, 300), 20), random_array((1, 300), 21).T),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("product", PRODUCTS)
+def test_skinny_products_go_through_the_kernel_and_match_numpy(product):
+    a, b = PRODUCTS[product]()
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    before = kernel_calls()
+    got = mx.matmul(mx.array(a), mx.array(b))
+    mx.eval(got)
+    assert kernel_calls() > before
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 5])
+def test_addmm_scales_both_terms_in_the_kernel(rows):
+    (a, b), c = linear(rows, 200, 90, 30), random_array((rows, 90), 32)
+    before = kernel_calls()
+    got = mx.addmm(mx.array(c), mx.array(a), mx.array(b), alpha=0.5, beta=2.0)
+    mx.eval(got)
+    assert kernel_calls() > before
+    expected = 0.5 * a.astype(np.float64) @ b.astype(np.float64) + 2.0 * c
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 4])
+def test_a_recycled_buffer_full_of_nan_does_not_leak_into_the_product(rows):
+    a, b = linear(rows, 128, 4096, 40)
+    for _ in range(3):  # MLX hands a freed buffer of the same size to the next array
+        poison = mx.full((rows, 4096), float("nan"))
+        mx.eval(poison)
+        del poison
+        got = mx.matmul(mx.array(a), mx.array(b))
+        mx.eval(got)
+        assert np.isfinite(np.array(got)).all()
+
+
+@needs_kernel
+def test_products_with_many_rows_stay_with_openblas():
+    before = kernel_calls()
+    mx.eval(mx.matmul(*(mx.array(x) for x in linear(17, 300, 70, 50))))
+    mx.eval(mx.matmul(mx.array(random_array((2, 300), 52)), mx.array(random_array((300, 2), 53))))
+    assert kernel_calls() == before
+
+
+@pytest.mark.parametrize("switch", ["NEXTTERM_MLX_BLAS", "NEXTTERM_MLX_SKINNY"])
+def test_reference_parity_holds_without_the_fast_paths(switch):
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reference_parity.py",
          "-k", "tokens_and_logits and eager and untied-v4"],
-        capture_output=True, text=True, cwd=Path(__file__).parents[1], env={**os.environ, "NEXTTERM_MLX_BLAS": "0"},
+        capture_output=True, text=True, cwd=Path(__file__).parents[1], env={**os.environ, switch: "0"},
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout

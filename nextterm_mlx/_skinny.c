@@ -1,0 +1,333 @@
+/*
+ * Skinny matrix products for MLX's CPU backend: a few rows times a weight matrix.
+ *
+ * MLX computes every float32 matmul with cblas_sgemm. Decoding multiplies
+ * one token (or a few: a small batch, or drafted tokens to verify) by each
+ * weight matrix, and OpenBLAS 0.3.21 (Debian 12's) still packs the weights
+ * into GEMM panels for that: it reads them at about a quarter of the memory
+ * bandwidth, whether there are 1 or 8 rows. Such a product only has to
+ * stream the weights once. One row goes to OpenBLAS's sgemv (as newer
+ * OpenBLAS does itself with GEMM_GEMV_FORWARD); 2 to 16 rows to the kernel
+ * below, which streams each weight once with every core.
+ *
+ * nextterm_mlx/blas.py loads this library with RTLD_GLOBAL before OpenBLAS,
+ * so MLX's cblas_sgemm resolves here, and hands over OpenBLAS's sgemm and
+ * sgemv for everything else. It is built as a Python extension only so that
+ * pip compiles it; Python never imports it (it has no module init), ctypes
+ * loads it.
+ */
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+/* CBLAS's enum values, so this file needs no cblas.h. */
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+
+/* Products with up to this many rows take the kernel; beyond it, reusing
+ * each weight for many rows is what matters, and OpenBLAS's GEMM does that. */
+#define MAX_ROWS 16
+#define MAX_THREADS 64
+
+typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int k,
+                         float alpha, const float *a, int lda, const float *b, int ldb,
+                         float beta, float *c, int ldc);
+typedef void (*sgemv_fn)(int order, int trans, int m, int n, float alpha,
+                         const float *a, int lda, const float *x, int incx,
+                         float beta, float *y, int incy);
+
+static sgemm_fn blas_sgemm;
+static sgemv_fn blas_sgemv;
+static atomic_ulong skinny_calls;
+
+/* How many products the kernel computed: lets tests and `info` see it work. */
+unsigned long nextterm_skinny_calls(void) { return atomic_load(&skinny_calls); }
+
+/* --- the kernel: c[m, n] = alpha * dot(a[m, :], w[n, :]) + beta * c[m, n] -------------- */
+
+typedef struct {
+  const float *a, *w;
+  float *c;
+  int rows, cols, depth; /* m, n, k */
+  int lda, ldw, ldc;
+  float alpha, beta;
+} Product;
+
+typedef float v8 __attribute__((vector_size(32)));
+
+/* Weight rows and input rows per micro-kernel step (12 accumulators, 7
+ * loads per 12 multiply-adds), and the depth of a chunk: the block's
+ * weights for one chunk (6 KB) stay in L1 while every input row passes. */
+#define WEIGHT_BLOCK 3
+#define INPUT_BLOCK 4
+#define CHUNK 512
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* A macro, not a function: a function returning a vector would have a
+ * different ABI in the AVX2 and the generic kernel. */
+#define load8(p)                \
+  ({                            \
+    v8 loaded_;                 \
+    memcpy(&loaded_, (p), 32);  \
+    loaded_;                    \
+  })
+
+INLINE float sum8(const v8 *v) {
+  return (((*v)[0] + (*v)[4]) + ((*v)[1] + (*v)[5])) + (((*v)[2] + (*v)[6]) + ((*v)[3] + (*v)[7]));
+}
+
+INLINE void store(const Product *p, int m, int n, float dot) {
+  float *out = p->c + (size_t)m * p->ldc + n;
+  *out = p->beta == 0.0f ? p->alpha * dot : p->alpha * dot + p->beta * *out;
+}
+
+/* Adds one chunk of depth [from, to) (a multiple of 8) to the sums of
+ * INPUT_BLOCK input rows against WEIGHT_BLOCK weight rows. */
+INLINE void chunk_block(const float *const a[INPUT_BLOCK], const float *const w[WEIGHT_BLOCK],
+                        int from, int to, v8 sums[INPUT_BLOCK][WEIGHT_BLOCK]) {
+  v8 s00 = sums[0][0], s01 = sums[0][1], s02 = sums[0][2];
+  v8 s10 = sums[1][0], s11 = sums[1][1], s12 = sums[1][2];
+  v8 s20 = sums[2][0], s21 = sums[2][1], s22 = sums[2][2];
+  v8 s30 = sums[3][0], s31 = sums[3][1], s32 = sums[3][2];
+  for (int k = from; k < to; k += 8) {
+    v8 w0 = load8(w[0] + k), w1 = load8(w[1] + k), w2 = load8(w[2] + k);
+    v8 x = load8(a[0] + k);
+    s00 += x * w0, s01 += x * w1, s02 += x * w2;
+    x = load8(a[1] + k);
+    s10 += x * w0, s11 += x * w1, s12 += x * w2;
+    x = load8(a[2] + k);
+    s20 += x * w0, s21 += x * w1, s22 += x * w2;
+    x = load8(a[3] + k);
+    s30 += x * w0, s31 += x * w1, s32 += x * w2;
+  }
+  sums[0][0] = s00, sums[0][1] = s01, sums[0][2] = s02;
+  sums[1][0] = s10, sums[1][1] = s11, sums[1][2] = s12;
+  sums[2][0] = s20, sums[2][1] = s21, sums[2][2] = s22;
+  sums[3][0] = s30, sums[3][1] = s31, sums[3][2] = s32;
+}
+
+INLINE float dot(const float *a, const float *w, int depth) {
+  v8 sum = {0};
+  int k = 0;
+  for (; k + 8 <= depth; k += 8) sum += load8(a + k) * load8(w + k);
+  float total = sum8(&sum);
+  for (; k < depth; ++k) total += a[k] * w[k];
+  return total;
+}
+
+/* Output columns [first, last) for every input row. Each block of weight
+ * rows is read from memory once, chunk by chunk; the input rows (a few KB
+ * each) come from cache. A last group of fewer than INPUT_BLOCK input rows
+ * repeats its first row in the empty places and discards those sums. */
+INLINE void columns_body(const Product *p, int first, int last) {
+  int vector_depth = p->depth / 8 * 8;
+  int n = first;
+  for (; n + WEIGHT_BLOCK <= last; n += WEIGHT_BLOCK) {
+    const float *w[WEIGHT_BLOCK];
+    for (int j = 0; j < WEIGHT_BLOCK; ++j) w[j] = p->w + (size_t)(n + j) * p->ldw;
+    v8 sums[MAX_ROWS / INPUT_BLOCK][INPUT_BLOCK][WEIGHT_BLOCK];
+    memset(sums, 0, sizeof sums);
+    for (int from = 0; from < vector_depth; from += CHUNK) {
+      int to = from + CHUNK < vector_depth ? from + CHUNK : vector_depth;
+      for (int m = 0; m < p->rows; m += INPUT_BLOCK) {
+        const float *a[INPUT_BLOCK];
+        for (int i = 0; i < INPUT_BLOCK; ++i)
+          a[i] = p->a + (size_t)(m + i < p->rows ? m + i : m) * p->lda;
+        chunk_block(a, w, from, to, sums[m / INPUT_BLOCK]);
+      }
+    }
+    for (int m = 0; m < p->rows; ++m) {
+      const float *a = p->a + (size_t)m * p->lda;
+      for (int j = 0; j < WEIGHT_BLOCK; ++j) {
+        float total = sum8(&sums[m / INPUT_BLOCK][m % INPUT_BLOCK][j]);
+        for (int k = vector_depth; k < p->depth; ++k) total += a[k] * w[j][k];
+        store(p, m, n + j, total);
+      }
+    }
+  }
+  for (; n < last; ++n)
+    for (int m = 0; m < p->rows; ++m)
+      store(p, m, n, dot(p->a + (size_t)m * p->lda, p->w + (size_t)n * p->ldw, p->depth));
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, int first,
+                                                             int last) {
+  columns_body(p, first, last);
+}
+#endif
+
+static void columns_generic(const Product *p, int first, int last) {
+  columns_body(p, first, last);
+}
+
+static void (*columns)(const Product *, int, int) = columns_generic;
+
+/* --- threads: the caller takes the first share, a resident worker each other ----------- */
+
+/* Weights in a product below which one thread computes it alone. */
+#define MIN_SHARED_WEIGHTS 65536
+
+static int thread_count = 1;
+static pthread_once_t workers_started = PTHREAD_ONCE_INIT;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static const Product *current;
+static atomic_ulong generation;  /* bumped once per product */
+static atomic_int pending;       /* workers still computing it */
+static atomic_int sleepers;
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+/* Within a forward pass the products come every few tens of microseconds:
+ * a worker spins this long before it sleeps, so it is awake for the next
+ * one. Longer spins cost more than they save here: the spinning worker
+ * takes a core from the thread building the next step's graph. */
+#define SPIN_NANOSECONDS 100000L
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
+static long monotonic_nanoseconds(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec * 1000000000L + now.tv_nsec;
+}
+
+/* Spin until the generation moves on from `seen`, for at most SPIN_NANOSECONDS. */
+static unsigned long spin_for_next(unsigned long seen) {
+  long deadline = monotonic_nanoseconds() + SPIN_NANOSECONDS;
+  for (int spin = 1;; ++spin) {
+    unsigned long now = atomic_load(&generation);
+    if (now != seen || (spin % 256 == 0 && monotonic_nanoseconds() > deadline)) return now;
+    cpu_relax();
+  }
+}
+
+static void share(const Product *p, int index, int *first, int *last) {
+  int blocks = (p->cols + WEIGHT_BLOCK - 1) / WEIGHT_BLOCK;
+  int start = (int)((long)blocks * index / thread_count) * WEIGHT_BLOCK;
+  int end = (int)((long)blocks * (index + 1) / thread_count) * WEIGHT_BLOCK;
+  *first = start < p->cols ? start : p->cols;
+  *last = end < p->cols ? end : p->cols;
+}
+
+static void *worker_main(void *arg) {
+  int index = (int)(long)arg;
+  unsigned long seen = 0;
+  for (;;) {
+    unsigned long now = spin_for_next(seen);
+    if (now == seen) {
+      pthread_mutex_lock(&wake_lock);
+      atomic_fetch_add(&sleepers, 1);
+      while ((now = atomic_load(&generation)) == seen) pthread_cond_wait(&wake, &wake_lock);
+      atomic_fetch_sub(&sleepers, 1);
+      pthread_mutex_unlock(&wake_lock);
+    }
+    seen = now;
+    int first, last;
+    share(current, index, &first, &last);
+    columns(current, first, last);
+    atomic_fetch_sub(&pending, 1);
+  }
+  return NULL;
+}
+
+/* A forked child has none of its parent's workers. */
+static void forked_child(void) { thread_count = 1; }
+
+static void start_workers(void) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  for (int i = 1; i < thread_count; ++i) {
+    pthread_t worker;
+    if (pthread_create(&worker, &attr, worker_main, (void *)(long)i) != 0) {
+      thread_count = i;
+      break;
+    }
+  }
+  pthread_attr_destroy(&attr);
+  pthread_atfork(NULL, NULL, forked_child);
+}
+
+static void run_product(const Product *p) {
+  /* Small products are not worth waking anyone, and the workers serve one
+   * caller at a time: should two threads multiply at once, the second
+   * computes alone. */
+  if (thread_count == 1 || (long)p->cols * p->depth < MIN_SHARED_WEIGHTS ||
+      pthread_mutex_trylock(&pool_lock) != 0) {
+    columns(p, 0, p->cols);
+    return;
+  }
+  pthread_once(&workers_started, start_workers);
+  current = p;
+  atomic_store(&pending, thread_count - 1);
+  atomic_fetch_add(&generation, 1);
+  if (atomic_load(&sleepers) > 0) {
+    pthread_mutex_lock(&wake_lock);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&wake_lock);
+  }
+  int first, last;
+  share(p, 0, &first, &last);
+  columns(p, first, last);
+  while (atomic_load(&pending) > 0) cpu_relax();
+  pthread_mutex_unlock(&pool_lock);
+}
+
+void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads) {
+  blas_sgemm = sgemm;
+  blas_sgemv = sgemv;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) columns = columns_avx2;
+#endif
+  thread_count = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+}
+
+/* --- the entry point MLX calls -------------------------------------------------------- */
+
+/* y = alpha * op(matrix) x + beta * y through OpenBLAS. With beta == 0 BLAS
+ * may still scale y by zero, and MLX's output buffers are uninitialised
+ * (NaN * 0 is NaN), so clear y first. */
+static void gemv(int transposed, int rows, int cols, float alpha, const float *matrix,
+                 int ld, const float *x, int incx, float beta, float *y, int incy) {
+  int len_y = transposed ? cols : rows;
+  if (beta == 0.0f)
+    for (int i = 0; i < len_y; ++i) y[(size_t)i * incy] = 0.0f;
+  blas_sgemv(ROW_MAJOR, transposed ? TRANS : NO_TRANS, rows, cols, alpha, matrix, ld, x,
+             incx, beta, y, incy);
+}
+
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                 int ldc) {
+  if (order == ROW_MAJOR && m > 0 && n > 0 && k > 0) {
+    if (m == 1) { /* one row, as in a decode step: c[1, n] = a[1, k] . op(b)[k, n] */
+      gemv(trans_b == NO_TRANS, trans_b == NO_TRANS ? k : n, trans_b == NO_TRANS ? n : k,
+           alpha, b, ldb, a, trans_a == NO_TRANS ? 1 : lda, beta, c, 1);
+      atomic_fetch_add(&skinny_calls, 1);
+      return;
+    }
+    if (n == 1) { /* one column: c[m, 1] = op(a)[m, k] . b[k, 1] */
+      gemv(trans_a != NO_TRANS, trans_a == NO_TRANS ? m : k, trans_a == NO_TRANS ? k : m,
+           alpha, a, lda, b, trans_b == NO_TRANS ? ldb : 1, beta, c, ldc);
+      atomic_fetch_add(&skinny_calls, 1);
+      return;
+    }
+    if (trans_a == NO_TRANS && trans_b == TRANS && m <= MAX_ROWS) {
+      /* A Linear layer on a few rows: a[m, k] times the transpose of the weight b[n, k]. */
+      Product p = {a, b, c, m, n, k, lda, ldb, ldc, alpha, beta};
+      run_product(&p);
+      atomic_fetch_add(&skinny_calls, 1);
+      return;
+    }
+  }
+  blas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
