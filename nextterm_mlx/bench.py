@@ -72,6 +72,27 @@ def worker_mlx_lm(model_path: str, prompts: dict, repeats: int, new_tokens: int)
             "decode_tok_s": statistics.median(decode_rate() for _ in range(repeats))}
 
 
+def batch1_decode_rate(predictor, terms: list[int], tokens: int) -> float:
+    """Generated tokens/s of batch-1 decoding (prefill excluded), over at least `tokens`."""
+    from nextterm_mlx.decode import DecodeStats
+
+    stats = DecodeStats()
+    while stats.generated_tokens < tokens:
+        predictor.continue_batch([terms], 10, stats)
+    return stats.generated_tokens / stats.decode_seconds
+
+
+def worker_decode(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
+    """Batch-1 decode alone: run with NEXTTERM_MLX_SKINNY=0 to show what the skinny-product kernel is worth."""
+    import nextterm_mlx
+    from nextterm_mlx import blas
+
+    predictor = nextterm_mlx.load(model_path, dtype="float32", max_new_tokens=new_tokens)
+    batch1_decode_rate(predictor, prompts["single"], new_tokens)
+    return {"blas": blas.describe(), "decode_tok_s": statistics.median(
+        batch1_decode_rate(predictor, prompts["single"], 4 * new_tokens) for _ in range(repeats))}
+
+
 def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
     """nextterm-mlx's own paths: prefill, decode, terms, verify cost, batched eval."""
     import mlx.core as mx
@@ -100,16 +121,15 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
     # this one's peak RSS) right before decoding, so that the fraction does
     # not move with whatever else the machine does between two measurements.
     weight_bytes = sum(w.nbytes for _, w in tree_flatten(model.parameters()))
-    rates, read_gb_s = [], []
+    rates, reads = [], []
     for _ in range(repeats):
-        read_gb_s.append(run_worker(["bandwidth", "5"])["read_gb_s"])
-        stats = DecodeStats()
-        while stats.generated_tokens < 4 * new_tokens:
-            predictor.continue_batch([prompts["single"]], 10, stats)
-        rates.append(stats.generated_tokens / stats.decode_seconds)
+        reads.append(run_worker(["bandwidth", "5"]))
+        rates.append(batch1_decode_rate(predictor, prompts["single"], 4 * new_tokens))
+    read_gb_s = [read["read_gb_s"] for read in reads]
     result["decode_tok_s"] = statistics.median(rates)
     result["weight_bytes"] = weight_bytes
     result["memory_read_gb_s"] = statistics.median(read_gb_s)
+    result["one_thread_read_gb_s"] = statistics.median(read["one_thread_read_gb_s"] for read in reads)
     result["bandwidth_fraction"] = statistics.median(
         rate * weight_bytes / 1e9 / read for rate, read in zip(rates, read_gb_s))
     result["first_term_seconds"] = median_time(lambda: predictor.predict(prompts["single"]), repeats)
@@ -225,16 +245,25 @@ def worker_convert(hf_path: str, out: str) -> dict:
 
 
 def worker_bandwidth(repeats: int) -> dict:
-    """Memory read bandwidth as one thread sees it (numpy summing 1 GiB), median of
-    `repeats`; on this project's 2-core machine both cores together read about twice as fast."""
+    """Memory read bandwidth: numpy summing 1 GiB, split over every core, median
+    of `repeats`. One thread alone reads about half as fast on our 2-core
+    machines, and decode reads its weights with every core, so the machine's
+    bandwidth is what all cores read together. One thread's is reported too."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
     data = np.ones(2**28, dtype=np.float32)
-    seconds = median_time(lambda: data.sum(), repeats)
-    return {"read_gb_s": data.nbytes / seconds / 1e9}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    chunks = np.array_split(data, cores)
+    with ThreadPoolExecutor(cores) as pool:  # numpy's sum releases the GIL
+        all_cores = median_time(lambda: list(pool.map(np.sum, chunks)), repeats)
+    one_thread = median_time(lambda: data.sum(), repeats)
+    return {"read_gb_s": data.nbytes / all_cores / 1e9, "one_thread_read_gb_s": data.nbytes / one_thread / 1e9,
+            "cores": cores}
 
 
-WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "proxy": worker_proxy,
+WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "decode": worker_decode, "proxy": worker_proxy,
            "speculation": worker_speculation}
 
 
@@ -316,6 +345,8 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     stock = run_worker(["mlx_lm", str(mlx_440m), *common], {"NEXTTERM_MLX_BLAS": "0"})
     print("measuring nextterm-mlx", file=sys.stderr)
     ours = run_worker(["nextterm", str(mlx_440m), *common])
+    print("measuring nextterm-mlx decode without the skinny-product kernel", file=sys.stderr)
+    through_sgemm = run_worker(["decode", str(mlx_440m), *common], {"NEXTTERM_MLX_SKINNY": "0"})
     print("measuring the overhead-bound proxy", file=sys.stderr)
     proxy = run_worker(["proxy", str(mlx_proxy), json.dumps(prompts), str(repeats), "200"])
     print("measuring speculative decoding on the tiny model", file=sys.stderr)
@@ -335,6 +366,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "transformers_fp32": torch_fp32,
         "stock_mlx": stock,
         "nextterm": ours,
+        "nextterm_without_skinny_kernel": through_sgemm,
         "proxy": proxy,
         "speculation_tiny": speculation,
     }
@@ -345,6 +377,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "decode_vs_transformers_fp32": ratio(ours["decode_tok_s"], torch_fp32["decode_tok_s"]),
         "decode_vs_transformers_bf16": ratio(ours["decode_tok_s"], torch_bf16["decode_tok_s"]),
         **{f"verify{k}_vs_step": ratio(ours[f"verify{k}_seconds"], ours["step_seconds"]) for k in VERIFY_SIZES},
+        "decode_vs_without_skinny_kernel": ratio(ours["decode_tok_s"], through_sgemm["decode_tok_s"]),
         "bandwidth_fraction": ours["bandwidth_fraction"],
         "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
@@ -378,7 +411,8 @@ def markdown(report: dict) -> str:
                                                        "transformers_bf16", "proxy"))
     lines = [
         f"Measured {report['date']} on {report['machine']['platform']}, {report['machine']['cpus']} CPUs, "
-        f"{report['blas']}; memory read {report['memory_read_gb_s']:.1f} GB/s. Random 440M-shape weights.",
+        f"{report['blas']}; memory read {report['memory_read_gb_s']:.1f} GB/s with every core "
+        f"({report['nextterm']['one_thread_read_gb_s']:.1f} GB/s on one thread). Random 440M-shape weights.",
         "",
         "| what | prefill (s) | decode tok/s |",
         "|---|---|---|",
@@ -387,6 +421,8 @@ def markdown(report: dict) -> str:
         f"| stock MLX fp32 (bundled BLAS), mlx-lm generate_step | {stock['prefill_seconds']:.2f} | "
         f"{stock['decode_tok_s']:.1f} |",
         f"| nextterm-mlx fp32 | {ours['prefill_seconds']:.2f} | {ours['decode_tok_s']:.1f} |",
+        f"| nextterm-mlx fp32, every product through OpenBLAS GEMM (NEXTTERM_MLX_SKINNY=0) | | "
+        f"{report['nextterm_without_skinny_kernel']['decode_tok_s']:.1f} |",
         "",
         f"Prompt {ours['prompt_tokens']} tokens. nextterm-mlx: first term {ours['first_term_seconds']:.2f} s, "
         f"10-term continuation {ours['ten_terms_seconds']:.2f} s, peak RSS {ours['peak_rss_gb']:.2f} GB; "
