@@ -128,7 +128,7 @@ INLINE void columns_body(const Product *p, int first, int last) {
     const float *w[WEIGHT_BLOCK];
     for (int j = 0; j < WEIGHT_BLOCK; ++j) w[j] = p->w + (size_t)(n + j) * p->ldw;
     v8 sums[MAX_ROWS / INPUT_BLOCK][INPUT_BLOCK][WEIGHT_BLOCK];
-    memset(sums, 0, sizeof sums);
+    memset(sums, 0, sizeof sums[0] * (size_t)((p->rows + INPUT_BLOCK - 1) / INPUT_BLOCK));
     for (int from = 0; from < vector_depth; from += CHUNK) {
       int to = from + CHUNK < vector_depth ? from + CHUNK : vector_depth;
       for (int m = 0; m < p->rows; m += INPUT_BLOCK) {

@@ -9,10 +9,10 @@ Set NEXTTERM_MLX_BLAS=0 to keep MLX's own BLAS.
 
 MLX computes even a one-row product (a decode step) with sgemm, which this
 OpenBLAS runs at a quarter of the memory bandwidth. The small compiled
-kernel in nextterm_mlx/_skinny.c computes products of up to 16 rows by
-streaming the weights once on every core; it is loaded first so MLX's
-cblas_sgemm resolves to it, and passes everything else to OpenBLAS.
-NEXTTERM_MLX_SKINNY=0 leaves it out.
+library nextterm_mlx/_skinny.c takes products of up to 16 rows (one row to
+OpenBLAS's sgemv, more to its own kernel, which streams the weights once on
+every core) and passes everything else to OpenBLAS's sgemm. It is loaded
+first so MLX's cblas_sgemm resolves to it. NEXTTERM_MLX_SKINNY=0 leaves it out.
 """
 
 from __future__ import annotations

@@ -49,6 +49,22 @@ def test_the_skinny_kernel_is_loaded_with_openblas_and_can_be_disabled():
     assert "through its GEMM (NEXTTERM_MLX_SKINNY=0)" in python(DESCRIBE, NEXTTERM_MLX_SKINNY="0")
 
 
+def test_without_a_built_kernel_openblas_still_serves_and_says_how_to_get_it():
+    if not HAS_OPENBLAS:
+        pytest.skip("no system OpenBLAS to load")
+    described = python(
+        "import importlib.util as util\n"
+        "find_spec = util.find_spec\n"
+        "util.find_spec = lambda name, *rest: None if name == 'nextterm_mlx._skinny' else find_spec(name, *rest)\n"
+        "import nextterm_mlx.blas as b, mlx.core as mx\n"
+        "assert b.skinny_kernel is None\n"
+        "print(mx.matmul(mx.ones((1, 4)), mx.ones((4, 3))).tolist())\n"
+        "print(b.describe())"
+    )
+    assert described.splitlines()[0] == "[[4.0, 4.0, 4.0]]"
+    assert "the skinny-product kernel was not built: reinstall nextterm-mlx where a C compiler is present" in described
+
+
 def kernel_calls() -> int:
     return blas.skinny_kernel.nextterm_skinny_calls()
 
