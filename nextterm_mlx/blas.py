@@ -9,7 +9,7 @@ Set NEXTTERM_MLX_BLAS=0 to keep MLX's own BLAS.
 
 MLX computes even a one-row product (a decode step) with sgemm, which this
 OpenBLAS runs at a quarter of the memory bandwidth. The small compiled
-library nextterm_mlx/_skinny.c takes products of up to 16 rows (one row to
+library nextterm_mlx/_skinny.c takes products of up to 64 rows (one row to
 OpenBLAS's sgemv, more to its own kernel, which streams the weights once on
 every core) and passes everything else to OpenBLAS's sgemm. It is loaded
 first so MLX's cblas_sgemm resolves to it. NEXTTERM_MLX_SKINNY=0 leaves it out.
@@ -45,7 +45,8 @@ def describe() -> str:
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
     if loaded_blas and skinny_kernel is not None:
-        return f"OpenBLAS ({loaded_blas}), products of up to 16 rows by nextterm-mlx's kernel"
+        rows = skinny_kernel.nextterm_skinny_max_rows()
+        return f"OpenBLAS ({loaded_blas}), products of up to {rows} rows by nextterm-mlx's kernel"
     if loaded_blas:
         return f"OpenBLAS ({loaded_blas}){_why_no_kernel()}"
     if os.environ.get("NEXTTERM_MLX_BLAS") == "0":

@@ -18,6 +18,7 @@ from nextterm_mlx.blas import OPENBLAS_CANDIDATES
 
 HAS_OPENBLAS = sys.platform == "linux" and any(os.path.exists(p) for p in OPENBLAS_CANDIDATES)
 needs_kernel = pytest.mark.skipif(blas.skinny_kernel is None, reason="the skinny-product kernel is not loaded")
+MAX_ROWS = blas.skinny_kernel.nextterm_skinny_max_rows() if blas.skinny_kernel is not None else 0
 
 DESCRIBE = "import nextterm_mlx.blas as b, mlx.core; print(b.describe())"
 
@@ -45,7 +46,7 @@ def test_the_skinny_kernel_is_loaded_with_openblas_and_can_be_disabled():
     if not HAS_OPENBLAS:
         pytest.skip("no system OpenBLAS to load")
     assert blas.skinny_kernel is not None, blas.describe()
-    assert blas.describe().endswith("products of up to 16 rows by nextterm-mlx's kernel")
+    assert blas.describe().endswith(f"products of up to {MAX_ROWS} rows by nextterm-mlx's kernel")
     assert "through its GEMM (NEXTTERM_MLX_SKINNY=0)" in python(DESCRIBE, NEXTTERM_MLX_SKINNY="0")
 
 
@@ -87,6 +88,7 @@ PRODUCTS = {
     "three rows, ragged depth and outputs": lambda: linear(3, 301, 71, 2),
     "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
     "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
+    "as many rows as the kernel takes, threaded": lambda: linear(MAX_ROWS, 515, 1030, 24),
     "one row, threaded, ragged": lambda: linear(1, 3071, 1027, 8),
     "batch of single rows": lambda: (random_array((3, 1, 300), 10), random_array((3, 70, 300), 11).transpose(0, 2, 1)),
     "row times matrix": lambda: (random_array((1, 300), 12), random_array((300, 70), 13)),
@@ -137,7 +139,7 @@ def test_a_recycled_buffer_full_of_nan_does_not_leak_into_the_product(rows):
 @needs_kernel
 def test_products_with_many_rows_stay_with_openblas():
     before = kernel_calls()
-    mx.eval(mx.matmul(*(mx.array(x) for x in linear(17, 300, 70, 50))))
+    mx.eval(mx.matmul(*(mx.array(x) for x in linear(MAX_ROWS + 1, 300, 70, 50))))
     mx.eval(mx.matmul(mx.array(random_array((2, 300), 52)), mx.array(random_array((300, 2), 53))))
     assert kernel_calls() == before
 
