@@ -285,7 +285,9 @@ static void run_product(const Product *p) {
   pthread_mutex_unlock(&pool_lock);
 }
 
+/* Once only: the worker pool is sized by the first call. */
 void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads) {
+  if (blas_sgemm != NULL) return;
   blas_sgemm = sgemm;
   blas_sgemv = sgemv;
 #if defined(__x86_64__)
@@ -312,6 +314,16 @@ static void gemv(int transposed, int rows, int cols, float alpha, const float *m
 void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta, float *c,
                  int ldc) {
+  if (order == ROW_MAJOR && m > 0 && n > 0 && alpha == 0.0f) {
+    /* BLAS reads neither a nor b then, so an Inf there must not turn c
+     * into NaN; OpenBLAS 0.3.21's sgemm multiplies them anyway. */
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        float *out = c + (size_t)i * ldc + j;
+        *out = beta == 0.0f ? 0.0f : beta * *out;
+      }
+    return;
+  }
   if (order == ROW_MAJOR && m > 0 && n > 0 && k > 0) {
     if (m == 1) { /* one row, as in a decode step: c[1, n] = a[1, k] . op(b)[k, n] */
       gemv(trans_b == NO_TRANS, trans_b == NO_TRANS ? k : n, trans_b == NO_TRANS ? n : k,

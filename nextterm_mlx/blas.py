@@ -71,12 +71,16 @@ def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
     if spec is None or spec.origin is None:
         return None
     try:
-        kernel = ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
-    except OSError:
+        # Wired up privately first: once global, an unwired library would take
+        # MLX's products with nowhere to send them.
+        kernel = ctypes.CDLL(spec.origin, mode=ctypes.RTLD_LOCAL)
+        # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
+        kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv,
+                                    openblas.openblas_get_num_threads())
+        kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
+        ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
+    except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None
-    # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
-    kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv, openblas.openblas_get_num_threads())
-    kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
     return kernel
 
 

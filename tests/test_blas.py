@@ -124,6 +124,15 @@ def test_addmm_scales_both_terms_in_the_kernel(rows):
 
 
 @needs_kernel
+@pytest.mark.parametrize("rows", [1, 5, 100])
+def test_alpha_zero_reads_neither_factor(rows):
+    (a, b), c = linear(rows, 64, 30, 60), random_array((rows, 30), 62)
+    a[0, 3] = np.inf  # BLAS must not read a or b when alpha is 0: no inf * 0
+    got = mx.addmm(mx.array(c), mx.array(a), mx.array(b), alpha=0.0, beta=0.5)
+    np.testing.assert_allclose(np.array(got), 0.5 * c, rtol=1e-6)
+
+
+@needs_kernel
 @pytest.mark.parametrize("rows", [1, 4])
 def test_a_recycled_buffer_full_of_nan_does_not_leak_into_the_product(rows):
     a, b = linear(rows, 128, 4096, 40)
