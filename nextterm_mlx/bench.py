@@ -246,9 +246,10 @@ def worker_convert(hf_path: str, out: str) -> dict:
 
 def worker_bandwidth(repeats: int) -> dict:
     """Memory read bandwidth: numpy summing 1 GiB, split over every core, median
-    of `repeats`. One thread alone reads about half as fast on our 2-core
-    machines, and decode reads its weights with every core, so the machine's
-    bandwidth is what all cores read together. One thread's is reported too."""
+    of `repeats`. One thread alone reads slower on our 2-core machines (22-24
+    against 29-44 GB/s), and decode reads its weights with every core, so the
+    machine's bandwidth is what all cores read together. One thread's is
+    reported too."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
