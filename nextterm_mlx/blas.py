@@ -78,6 +78,7 @@ def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
         kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv,
                                     openblas.openblas_get_num_threads())
         kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
+        kernel.nextterm_skinny_vector_calls.restype = ctypes.c_ulong
         ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None

@@ -70,6 +70,11 @@ def kernel_calls() -> int:
     return blas.skinny_kernel.nextterm_skinny_calls()
 
 
+def vector_calls() -> int:
+    """Products the library computed itself as one small vector times a matrix."""
+    return blas.skinny_kernel.nextterm_skinny_vector_calls()
+
+
 def random_array(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -111,10 +116,41 @@ def test_skinny_products_go_through_the_kernel_and_match_numpy(product):
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
 
 
+# (a, b, computed by the library itself) of one vector times a matrix, in each
+# layout MLX hands to BLAS: up to 65,536 multiply-adds the library computes them
+# on the calling thread (decoding a batch: each head's query times its cached
+# keys, then its attention weights times its cached values), larger ones go to
+# OpenBLAS's sgemv.
+VECTOR_PRODUCTS = {
+    "query times cached keys": lambda: (random_array((1, 128), 70), random_array((83, 128), 71).T, True),
+    "attention weights times cached values": lambda: (random_array((1, 83), 72), random_array((83, 128), 73), True),
+    "a batch of heads": lambda: (random_array((4, 1, 128), 74), random_array((4, 37, 128), 75).transpose(0, 2, 1), True),
+    "more columns than a block, ragged depth": lambda: (random_array((1, 61), 76), random_array((61, 1000), 77), True),
+    "the largest computed here": lambda: (random_array((1, 512), 78), random_array((128, 512), 79).T, True),
+    "one more goes to sgemv": lambda: (random_array((1, 513), 80), random_array((128, 513), 81).T, False),
+    "matrix times column": lambda: (random_array((70, 300), 82), random_array((300, 1), 83), True),
+    "transposed matrix times column": lambda: (random_array((300, 70), 84).T, random_array((300, 1), 85), True),
+    "large matrix times column": lambda: (random_array((700, 300), 86), random_array((300, 1), 87), False),
+}
+
+
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 5])
-def test_addmm_scales_both_terms_in_the_kernel(rows):
-    (a, b), c = linear(rows, 200, 90, 30), random_array((rows, 90), 32)
+@pytest.mark.parametrize("product", VECTOR_PRODUCTS)
+def test_small_vector_products_are_computed_here_and_match_numpy(product):
+    a, b, computed_here = VECTOR_PRODUCTS[product]()
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    before, here_before = kernel_calls(), vector_calls()
+    got = mx.matmul(mx.array(a), mx.array(b))
+    mx.eval(got)
+    assert kernel_calls() > before
+    assert (vector_calls() > here_before) == computed_here
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows, depth", [(1, 200), (1, 1000), (5, 200)])
+def test_addmm_scales_both_terms_in_the_kernel(rows, depth):
+    (a, b), c = linear(rows, depth, 90, 30), random_array((rows, 90), 32)
     before = kernel_calls()
     got = mx.addmm(mx.array(c), mx.array(a), mx.array(b), alpha=0.5, beta=2.0)
     mx.eval(got)
@@ -133,11 +169,11 @@ def test_alpha_zero_reads_neither_factor(rows):
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 4])
-def test_a_recycled_buffer_full_of_nan_does_not_leak_into_the_product(rows):
-    a, b = linear(rows, 128, 4096, 40)
+@pytest.mark.parametrize("rows, outputs", [(1, 4096), (1, 64), (4, 4096)])
+def test_a_recycled_buffer_full_of_nan_does_not_leak_into_the_product(rows, outputs):
+    a, b = linear(rows, 128, outputs, 40)
     for _ in range(3):  # MLX hands a freed buffer of the same size to the next array
-        poison = mx.full((rows, 4096), float("nan"))
+        poison = mx.full((rows, outputs), float("nan"))
         mx.eval(poison)
         del poison
         got = mx.matmul(mx.array(a), mx.array(b))
