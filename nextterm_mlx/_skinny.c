@@ -8,7 +8,9 @@
  * bandwidth, whether there are 1 or 8 rows. Such a product only has to
  * stream the weights once. One row goes to OpenBLAS's sgemv (as newer
  * OpenBLAS does itself with GEMM_GEMV_FORWARD); 2 to 64 rows to the kernel
- * below, which streams each weight once with every core.
+ * below, which streams each weight once with every core. One vector times a
+ * small matrix (attention over the KV cache, one head at a time) is computed
+ * here on the calling thread.
  *
  * nextterm_mlx/blas.py loads this library with RTLD_GLOBAL before OpenBLAS,
  * so MLX's cblas_sgemm resolves here, and hands over OpenBLAS's sgemm and
@@ -193,8 +195,8 @@ static void (*columns)(const Product *, int, int) = columns_generic;
  * on sched_yield, taking a core from the kernel's workers. */
 #define SMALL_PRODUCT 65536
 
-/* Output columns of `out[j] = alpha * x . column j + beta * out[j]` computed
- * together; their sums fit in registers. */
+/* Outputs computed in one pass over the matrix: their sums stay in L1, and
+ * an untransposed matrix is read in runs of 64 floats. */
 #define COLUMN_BLOCK 64
 
 /* out[j * stride] = alpha * sum_l x[l] * M(l, j) + beta * out[j * stride] for
