@@ -2,7 +2,7 @@
 (see nextterm_mlx/_skinny.c).
 
 It is optional: where no C compiler is found the install still succeeds and
-decoding runs through OpenBLAS's GEMM, about 2.5x slower. macOS uses
+decoding runs through OpenBLAS's GEMM, about 2-2.4x slower. macOS uses
 Accelerate and needs no kernel.
 """
 

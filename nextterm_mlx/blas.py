@@ -11,7 +11,8 @@ MLX computes even a one-row product (a decode step) with sgemm, which this
 OpenBLAS runs at a quarter of the memory bandwidth. The small compiled
 library nextterm_mlx/_skinny.c takes products of up to 64 rows (one row to
 OpenBLAS's sgemv, more to its own kernel, which streams the weights once on
-every core) and passes everything else to OpenBLAS's sgemm. It is loaded
+every core), computes small one-vector products such as decoding's per-head
+attention itself, and passes everything else to OpenBLAS's sgemm. It is loaded
 first so MLX's cblas_sgemm resolves to it. NEXTTERM_MLX_SKINNY=0 leaves it out.
 """
 
