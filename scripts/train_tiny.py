@@ -146,7 +146,7 @@ def make_optimizer(model: Qwen3ForCausalLM, name: str, lr: float) -> Optimizers:
     for the rest (embeddings, head, norms), as Muon is meant to be used. Muon's
     updates are scaled to AdamW's size, so one learning rate serves both."""
     named = list(model.named_parameters())
-    hidden = [p for n, p in named if name == "muon" and p.dim() == 2 and ".layers." in f".{n}"]
+    hidden = [p for n, p in named if n.startswith("model.layers.") and p.dim() == 2] if name == "muon" else []
     hidden_ids = {id(p) for p in hidden}
     decay = [p for _, p in named if p.dim() >= 2 and id(p) not in hidden_ids]
     no_decay = [p for _, p in named if p.dim() < 2]
