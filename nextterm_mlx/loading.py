@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import dequantize_model, load_model
 
+from . import two_streams
 from .errors import UserError
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -53,5 +54,7 @@ def load_mlx_folder(
     dtype = dtype or default_compute_dtype(config)
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])
+    if on_cpu():
+        two_streams.install()
     mx.eval(model.parameters())
     return model, config
