@@ -15,6 +15,9 @@ Measured on the 440M shape, 2 cores: a decode step of 32 sequences took
 and at 2 sequences or 8 positions of one the split was no faster, hence
 MIN_ROWS.
 
+The model's layers look both functions up in mlx_lm.models.qwen3, so
+install() replaces them there, for the whole process; below MIN_ROWS, or for
+inputs they do not handle, the replacements call the originals.
 NEXTTERM_MLX_TWO_STREAMS=0 leaves mlx-lm's functions alone.
 """
 
@@ -92,12 +95,8 @@ def installed() -> bool:
     return hasattr(qwen3.swiglu, "__wrapped__")
 
 
-def install() -> bool:
-    """Route mlx-lm's Qwen3 layers through the halved functions (once per
-    process); True when they are in place."""
-    if not enabled():
-        return False
-    if not installed():
+def install() -> None:
+    """Route mlx-lm's Qwen3 layers through the halved functions, once per process."""
+    if enabled() and not installed():
         qwen3.swiglu = halved_swiglu(qwen3.swiglu)
         qwen3.scaled_dot_product_attention = halved_attention(qwen3.scaled_dot_product_attention)
-    return True
