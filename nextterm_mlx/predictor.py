@@ -16,7 +16,7 @@ from .loading import load_mlx_folder
 from .meta import read_meta
 from .resolve import resolve_model
 from .speculative import SpeculationStats, decode_speculative
-from .static_cache import StaticDecoder, compiled_step_pays, decode_one
+from .static_cache import StaticDecoder, decode_one
 from .vocab import encode_prompt
 
 
@@ -45,7 +45,7 @@ class Predictor:
         self.speculate = speculate
         self.speculation = SpeculationStats()
         # One compiled decoder, traced once, serves every single-sequence call.
-        self.static_decoder = StaticDecoder(model) if compiled_step_pays(model) else None
+        self.static_decoder: Optional[StaticDecoder] = StaticDecoder(model)
 
     @property
     def max_positions(self) -> int:
