@@ -273,6 +273,8 @@ def worker_bandwidth(repeats: int) -> dict:
             "cores": cores}
 
 
+# The workers that measure nextterm-mlx itself, not a baseline.
+OUR_WORKERS = {"nextterm", "decode", "proxy", "speculation"}
 WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "decode": worker_decode, "proxy": worker_proxy,
            "speculation": worker_speculation}
 
@@ -477,6 +479,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         name, *rest = args.worker
+        if name in OUR_WORKERS:
+            from . import heap
+
+            heap.keep_freed_memory()  # as the command line does
         if name == "convert":
             result = worker_convert(*rest)
         elif name == "bandwidth":

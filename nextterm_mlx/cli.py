@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from . import __version__
+from . import __version__, heap
 from .decode import DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
@@ -371,6 +371,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; a user's mistake ends in one line on stderr and exit code 2."""
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)  # OEIS terms run to thousands of digits
+    heap.keep_freed_memory()
     try:
         cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
     except UserError as e:

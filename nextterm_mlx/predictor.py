@@ -57,7 +57,7 @@ class Predictor:
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
-        from . import blas, two_streams
+        from . import blas, heap, two_streams
 
         meta = read_meta(self.path) or {}
         compute_dtypes = sorted({str(p.dtype).removeprefix("mlx.core.") for _, p in tree_flatten(self.model.parameters())})
@@ -78,6 +78,7 @@ class Predictor:
             "device": str(mx.default_device()),
             "blas": blas.describe(),
             "two_streams": two_streams.installed(),
+            "heap_kept": heap.kept,
         }
 
     def predict(self, terms: Sequence[int], strict: bool = False) -> Prediction:

@@ -1,0 +1,48 @@
+"""Keep freed memory in the process's heap for the next operation (Linux, glibc).
+
+MLX's CPU backend allocates every operation's output with malloc and frees
+it when the array dies. glibc serves large blocks with fresh mmaps (from
+128 KB at start; its threshold then follows the sizes freed) and returns the
+top of its heap to the system, so a forward pass over a batch keeps faulting
+in zero-filled pages: perf showed 6-9% of a batch-32 prefill in the kernel
+clearing pages. Taking blocks of up to 32 MB from the heap, and keeping up
+to 1 GB free at its top, made a batch-32 eval here ~10% faster (64 prompts:
+31-34 s against 34-38 s, alternating runs) with the same peak memory (4.07
+against 4.03 GB); what the process freed stays mapped until it exits.
+
+The command line and the benchmark's nextterm-mlx workers call
+keep_freed_memory(); a library user may. NEXTTERM_MLX_KEEP_HEAP=0 leaves
+malloc as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# mallopt's parameter numbers, from glibc's malloc.h.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+LARGEST_HEAP_BLOCK = 32 << 20  # glibc's own ceiling for its moving mmap threshold
+FREE_HEAP_TOP_KEPT = 1 << 30
+
+# Whether keep_freed_memory() has tuned this process: what `info` reports.
+kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc as the module says; True if it now is."""
+    global kept
+    if kept:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("NEXTTERM_MLX_KEEP_HEAP") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:  # a C library without mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    kept = bool(mallopt(M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK)) and bool(mallopt(M_TRIM_THRESHOLD, FREE_HEAP_TOP_KEPT))
+    return kept
