@@ -10,7 +10,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
-# Allocates an 8 MB block and reports how many blocks are mmapped while it lives.
+# Allocates a 24 MB block (under the tuned 32 MB threshold, far over the 128 KB
+# one a fresh process starts with) and reports how many blocks are mmapped while it lives.
 MMAPPED_BLOCKS = """
 import ctypes, json, sys
 from nextterm_mlx import heap
@@ -25,7 +26,7 @@ libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = MallInfo2
 tuned = heap.keep_freed_memory() if sys.argv[1] == "tune" else False
 before = libc.mallinfo2().hblks
-block = libc.malloc(8 << 20)
+block = libc.malloc(24 << 20)
 during = libc.mallinfo2().hblks
 libc.free(block)
 print(json.dumps({"tuned": tuned, "kept": heap.kept, "new_mmapped_blocks": during - before}))
