@@ -273,7 +273,8 @@ def worker_bandwidth(repeats: int) -> dict:
             "cores": cores}
 
 
-# The workers that measure nextterm-mlx itself, not a baseline.
+# The workers that run nextterm-mlx, tuned as the command line is; the proxy's
+# mlx-lm baseline shares its process, on arrays too small for the tuning to touch.
 OUR_WORKERS = {"nextterm", "decode", "proxy", "speculation"}
 WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "decode": worker_decode, "proxy": worker_proxy,
            "speculation": worker_speculation}
