@@ -9,10 +9,11 @@ Set NEXTTERM_MLX_BLAS=0 to keep MLX's own BLAS.
 
 MLX computes even a one-row product (a decode step) with sgemm, which this
 OpenBLAS runs at a quarter of the memory bandwidth. The small compiled
-library nextterm_mlx/_skinny.c takes products of up to 64 rows (one row to
-OpenBLAS's sgemv, more to its own kernel, which streams the weights once on
-every core), computes small one-vector products such as decoding's per-head
-attention itself, and passes everything else to OpenBLAS's sgemm. It is loaded
+library nextterm_mlx/_skinny.c computes a Linear layer on up to 64 rows with
+its own kernel, which streams the weights once on every core, computes small
+one-vector products such as decoding's per-head attention itself, hands other
+one-vector products to OpenBLAS's sgemv and everything else to OpenBLAS's
+sgemm. It is loaded
 first so MLX's cblas_sgemm resolves to it. NEXTTERM_MLX_SKINNY=0 leaves it out.
 """
 
@@ -80,6 +81,7 @@ def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
                                     openblas.openblas_get_num_threads())
         kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_vector_calls.restype = ctypes.c_ulong
+        kernel.nextterm_skinny_gemv_calls.restype = ctypes.c_ulong
         ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None

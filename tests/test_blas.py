@@ -75,6 +75,11 @@ def vector_calls() -> int:
     return blas.skinny_kernel.nextterm_skinny_vector_calls()
 
 
+def gemv_calls() -> int:
+    """Products the library handed to OpenBLAS's sgemv."""
+    return blas.skinny_kernel.nextterm_skinny_gemv_calls()
+
+
 def random_array(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -94,7 +99,7 @@ PRODUCTS = {
     "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
     "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
     "as many rows as the kernel takes, threaded": lambda: linear(MAX_ROWS, 515, 1030, 24),
-    "one row, threaded, ragged": lambda: linear(1, 3071, 1027, 8),
+    "one row, threaded, ragged (decode's Linear on the 440M shape)": lambda: linear(1, 3071, 1027, 8),
     "batch of single rows": lambda: (random_array((3, 1, 300), 10), random_array((3, 70, 300), 11).transpose(0, 2, 1)),
     "row times matrix": lambda: (random_array((1, 300), 12), random_array((300, 70), 13)),
     "transposed column times matrix": lambda: (random_array((300, 1), 14).T, random_array((300, 70), 15)),
@@ -109,41 +114,45 @@ PRODUCTS = {
 def test_skinny_products_go_through_the_kernel_and_match_numpy(product):
     a, b = PRODUCTS[product]()
     expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
-    before = kernel_calls()
+    before, gemv_before = kernel_calls(), gemv_calls()
     got = mx.matmul(mx.array(a), mx.array(b))
     mx.eval(got)
     assert kernel_calls() > before
+    assert gemv_calls() == gemv_before
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
 
 
-# (a, b, computed by the library itself) of one vector times a matrix, in each
-# layout MLX hands to BLAS: up to 65,536 multiply-adds the library computes them
-# on the calling thread (decoding a batch: each head's query times its cached
-# keys, then its attention weights times its cached values), larger ones go to
-# OpenBLAS's sgemv.
+# (a, b, where it is computed) of one vector times a matrix, in each layout
+# MLX hands to BLAS: up to 65,536 multiply-adds the library computes them
+# "here", on the calling thread (decoding a batch: each head's query times its
+# cached keys, then its attention weights times its cached values); a larger
+# Linear layer's product (the row times a transposed weight) goes to the
+# "kernel", other larger ones to OpenBLAS's "sgemv".
 VECTOR_PRODUCTS = {
-    "query times cached keys": lambda: (random_array((1, 128), 70), random_array((83, 128), 71).T, True),
-    "attention weights times cached values": lambda: (random_array((1, 83), 72), random_array((83, 128), 73), True),
-    "a batch of heads": lambda: (random_array((4, 1, 128), 74), random_array((4, 37, 128), 75).transpose(0, 2, 1), True),
-    "more columns than a block, ragged depth": lambda: (random_array((1, 61), 76), random_array((61, 1000), 77), True),
-    "the largest computed here": lambda: (random_array((1, 512), 78), random_array((128, 512), 79).T, True),
-    "one more goes to sgemv": lambda: (random_array((1, 513), 80), random_array((128, 513), 81).T, False),
-    "matrix times column": lambda: (random_array((70, 300), 82), random_array((300, 1), 83), True),
-    "transposed matrix times column": lambda: (random_array((300, 70), 84).T, random_array((300, 1), 85), True),
-    "large matrix times column": lambda: (random_array((700, 300), 86), random_array((300, 1), 87), False),
+    "query times cached keys": lambda: (random_array((1, 128), 70), random_array((83, 128), 71).T, "here"),
+    "attention weights times cached values": lambda: (random_array((1, 83), 72), random_array((83, 128), 73), "here"),
+    "a batch of heads": lambda: (random_array((4, 1, 128), 74), random_array((4, 37, 128), 75).transpose(0, 2, 1), "here"),
+    "more columns than a block, ragged depth": lambda: (random_array((1, 61), 76), random_array((61, 1000), 77), "here"),
+    "the largest computed here": lambda: (random_array((1, 512), 78), random_array((128, 512), 79).T, "here"),
+    "one more, transposed, goes to the kernel": lambda: (random_array((1, 513), 80), random_array((128, 513), 81).T, "kernel"),
+    "one more, untransposed, goes to sgemv": lambda: (random_array((1, 513), 88), random_array((513, 128), 89), "sgemv"),
+    "matrix times column": lambda: (random_array((70, 300), 82), random_array((300, 1), 83), "here"),
+    "transposed matrix times column": lambda: (random_array((300, 70), 84).T, random_array((300, 1), 85), "here"),
+    "large matrix times column": lambda: (random_array((700, 300), 86), random_array((300, 1), 87), "sgemv"),
 }
 
 
 @needs_kernel
 @pytest.mark.parametrize("product", VECTOR_PRODUCTS)
-def test_small_vector_products_are_computed_here_and_match_numpy(product):
-    a, b, computed_here = VECTOR_PRODUCTS[product]()
+def test_vector_products_are_computed_where_their_size_says_and_match_numpy(product):
+    a, b, where = VECTOR_PRODUCTS[product]()
     expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
-    before, here_before = kernel_calls(), vector_calls()
+    before, here_before, gemv_before = kernel_calls(), vector_calls(), gemv_calls()
     got = mx.matmul(mx.array(a), mx.array(b))
     mx.eval(got)
     assert kernel_calls() > before
-    assert (vector_calls() > here_before) == computed_here
+    assert (vector_calls() > here_before) == (where == "here")
+    assert (gemv_calls() > gemv_before) == (where == "sgemv")
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
 
 
