@@ -147,10 +147,11 @@ INLINE float dot(const float *a, const float *w, int depth) {
 #define ROW_BLOCK 4
 
 /* columns_body for one input row (a decode step of one sequence): a dot
- * product per output, the input row in L1, the weight rows two blocks ahead
- * prefetched into L2 as below. Measured on the 440M shape's weights, the
- * 196 products of a decode step took 70-72 ms against 79-80 ms in OpenBLAS's
- * sgemv (alternating in one process); without the prefetch, 92 ms. */
+ * product per output, the input row in L1, the weight rows PREFETCH_BLOCKS
+ * blocks ahead prefetched into L2, as in the multi-row kernel. Measured on
+ * the 440M shape's weights, the 196 products of a decode step took 70-71 ms
+ * against 79-80 ms in OpenBLAS's sgemv (alternating in one process); without
+ * the prefetch, 92 ms. */
 INLINE void one_row_body(const Product *p, int first, int last) {
   const float *x = p->a;
   int vector_depth = p->depth / 8 * 8;
