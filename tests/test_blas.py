@@ -99,7 +99,7 @@ PRODUCTS = {
     "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
     "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
     "as many rows as the kernel takes, threaded": lambda: linear(MAX_ROWS, 515, 1030, 24),
-    "one row, threaded, ragged (decode's Linear on the 440M shape)": lambda: linear(1, 3071, 1027, 8),
+    "one row, threaded, ragged (about the 440M shape's down projection)": lambda: linear(1, 3071, 1027, 8),
     "batch of single rows": lambda: (random_array((3, 1, 300), 10), random_array((3, 70, 300), 11).transpose(0, 2, 1)),
     "row times matrix": lambda: (random_array((1, 300), 12), random_array((300, 70), 13)),
     "transposed column times matrix": lambda: (random_array((300, 1), 14).T, random_array((300, 70), 15)),
@@ -144,7 +144,7 @@ VECTOR_PRODUCTS = {
 
 @needs_kernel
 @pytest.mark.parametrize("product", VECTOR_PRODUCTS)
-def test_vector_products_are_computed_where_their_size_says_and_match_numpy(product):
+def test_vector_products_are_computed_where_their_size_and_layout_say_and_match_numpy(product):
     a, b, where = VECTOR_PRODUCTS[product]()
     expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
     before, here_before, gemv_before = kernel_calls(), vector_calls(), gemv_calls()
