@@ -98,6 +98,7 @@ PRODUCTS = {
     "three rows, ragged depth and outputs": lambda: linear(3, 301, 71, 2),
     "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
     "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
+    "a batch of 32 sequences, the whole depth in one pass": lambda: linear(32, 1027, 515, 26),
     "as many rows as the kernel takes, threaded": lambda: linear(MAX_ROWS, 515, 1030, 24),
     "one row, threaded, ragged (about the 440M shape's down projection)": lambda: linear(1, 3071, 1027, 8),
     "batch of single rows": lambda: (random_array((3, 1, 300), 10), random_array((3, 70, 300), 11).transpose(0, 2, 1)),
