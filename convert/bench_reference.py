@@ -1,6 +1,6 @@
 """transformers' side of the benchmark: CPU prefill and decode, one at a time and batched.
 
-    python -m convert.bench_reference CHECKPOINT DTYPE PROMPTS.json [--batch 32] [--new-tokens 16]
+    python -m convert.bench_reference CHECKPOINT DTYPE PROMPTS.json [--batch 32] [--new-tokens 16] [--no-eval]
 
 Prints one JSON object. Decoding is forced to run the full number of new
 tokens (random weights would stop anywhere), so tok/s compare like for like.
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eval-new-tokens", type=int, default=8)
+    parser.add_argument("--no-eval", action="store_true", help="skip the batched eval")
     args = parser.parse_args()
 
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype)).eval()
@@ -45,23 +46,20 @@ def main() -> None:
     total = median_time(lambda: generate(prompt, args.new_tokens + 1), args.repeats)
     decode_tok_s = args.new_tokens / max(total - prefill, 1e-9)
 
-    eval_prompts = [encode_prompt(terms) for terms in sequences["eval"]]
-    started = time.perf_counter()
-    for start in range(0, len(eval_prompts), args.batch):
-        batch = eval_prompts[start : start + args.batch]
-        longest = max(map(len, batch))
-        ids = torch.tensor([[PAD] * (longest - len(p)) + p for p in batch])
-        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in batch])
-        generate(ids, args.eval_new_tokens, mask)
-    eval_seconds = time.perf_counter() - started
-    print(json.dumps({
-        "prompt_tokens": prompt.shape[1],
-        "prefill_seconds": prefill,
-        "decode_tok_s": decode_tok_s,
-        "eval_batch": args.batch,
-        "eval_sequences_per_second": len(eval_prompts) / eval_seconds,
-        "torch_threads": torch.get_num_threads(),
-    }))
+    result = {"prompt_tokens": prompt.shape[1], "prefill_seconds": prefill, "decode_tok_s": decode_tok_s,
+              "torch_threads": torch.get_num_threads()}
+    if not args.no_eval:
+        eval_prompts = [encode_prompt(terms) for terms in sequences["eval"]]
+        started = time.perf_counter()
+        for start in range(0, len(eval_prompts), args.batch):
+            batch = eval_prompts[start : start + args.batch]
+            longest = max(map(len, batch))
+            ids = torch.tensor([[PAD] * (longest - len(p)) + p for p in batch])
+            mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in batch])
+            generate(ids, args.eval_new_tokens, mask)
+        result["eval_batch"] = args.batch
+        result["eval_sequences_per_second"] = len(eval_prompts) / (time.perf_counter() - started)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
