@@ -69,14 +69,14 @@ typedef float v8 __attribute__((vector_size(32)));
  * loads per 12 multiply-adds), and the depth of a chunk: the block's
  * weights for one chunk (3 KB) stay in L1 while every input row passes, and
  * so do the chunks of up to CHUNKED_ROWS input rows (measured on the 440M
- * shape's weights, two threads: 4 to 16 rows took 10-15% less time than with
- * 512-deep chunks). Beyond that the input rows' chunks fill L1 anyway, and a block
- * goes through its whole depth in one pass: the weight rows stay in L1 and
- * the input rows stream from L2, with no partial sums to store and reload
- * at every chunk. Measured on the 440M shape's weights, two threads,
- * alternating in one process: 24 rows took 159 ms instead of 170, 32 rows
- * 204 instead of 233, 64 rows 389 instead of 433; 12 and 16 rows the same
- * either way. */
+ * shape's weights, two threads: 4 to 16 rows took 10-15% less time than
+ * with 512-deep chunks). Beyond that the input rows' chunks fill L1 anyway,
+ * and a block goes through its whole depth in one pass: the weight rows
+ * stay in L1 and the input rows stream from L2, with no partial sums to
+ * store and reload at every chunk. Measured on the 440M shape's weights,
+ * two threads, alternating in one process: 24 rows took 159 ms instead of
+ * 170, 32 rows 204 instead of 233, 64 rows 389 instead of 433; 12 and 16
+ * rows the same either way. */
 #define WEIGHT_BLOCK 3
 #define INPUT_BLOCK 4
 #define CHUNK 256

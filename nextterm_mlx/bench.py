@@ -217,9 +217,9 @@ def worker_proxy(model_path: str, prompts: dict, repeats: int, new_tokens: int) 
         return stats.generated_tokens / stats.decode_seconds
 
     mlx_lm_rate(), ours_rate()
-    # Taken in turn: a few milliseconds a token move with the machine's load,
-    # and all of one side's repeats then all of the other's let that drift
-    # decide the ratio (1.30 in one run, 1.6-2.0 in single runs around it).
+    # Taken in turn: the machine's speed drifts from minute to minute, and
+    # with all of one side's repeats before the other's, the drift decided
+    # the ratio (1.30 in one run, against 1.6-2.0 in single runs around it).
     rates = [(mlx_lm_rate(), ours_rate()) for _ in range(repeats)]
     return {"mlx_lm_tok_s": statistics.median(theirs for theirs, _ in rates),
             "nextterm_tok_s": statistics.median(ours for _, ours in rates)}
