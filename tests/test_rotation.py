@@ -17,6 +17,15 @@ from nextterm_mlx.decode import greedy_step
 from nextterm_mlx.rotation import TabledRoPE, rotation_shared_by_layers
 
 
+@pytest.fixture(autouse=True)
+def on_cpu():
+    """The rotation is shared only where the step runs on the CPU."""
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(device)
+
+
 def layers_with(rope: nn.RoPE, head_dim: int, dtype: mx.Dtype, count: int = 3):
     """What rotation_shared_by_layers reads of a model: its layers' RoPE,
     its head size and its compute type."""
