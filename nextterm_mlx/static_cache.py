@@ -6,8 +6,8 @@ too) limits a small or GPU-resident model. mx.compile fuses and replays it:
 on our 2-core CPU a 28-layer hidden-64 model decodes 1.7x faster, the 440M
 model ~10% faster (another ~10% with the rotary embedding computed once a
 step: see rotation.py). But a compiled function is traced once per input
-shape, and mlx-lm's KV cache grows by one position a step. Here the cache is a
-buffer of fixed capacity (grown 256 positions at a time) and the write
+shape, and mlx-lm's KV cache grows by one position a step. Here the cache
+is a buffer of fixed capacity (grown 256 positions at a time) and the write
 position is an array, so one traced step serves every position; positions
 past the written ones are masked out. The model is still mlx-lm's Qwen3:
 only its cache object is ours.

@@ -14,7 +14,7 @@ import nextterm_mlx
 from conftest import FIXTURES
 from nextterm_mlx import static_cache
 from nextterm_mlx.decode import greedy_step
-from nextterm_mlx.rotation import TabledRoPE, rotation_shared_by_layers
+from nextterm_mlx.rotation import TabledRoPE, rotation_shared_by_layers, shareable
 
 
 @pytest.fixture(autouse=True)
@@ -75,9 +75,10 @@ def greedy_steps(decoder, prompt, steps):
 def test_compiled_step_is_bit_for_bit_the_step_with_mlx_rope(monkeypatch):
     predictor = nextterm_mlx.load(FIXTURES / "untied-v4", dtype="float32")
     prompt = predictor.prompt([3, 1, 4, 1, 5, 9, 2, 6])
+    assert shareable(predictor.model)
     ropes = [layer.self_attn.rope for layer in predictor.model.layers]
     shared = greedy_steps(static_cache.StaticDecoder(predictor.model), prompt, 12)
-    assert [layer.self_attn.rope for layer in predictor.model.layers] == ropes
+    assert all(layer.self_attn.rope is rope for layer, rope in zip(predictor.model.layers, ropes))
 
     monkeypatch.setattr(static_cache, "rotation_shared_by_layers", lambda *_: contextlib.nullcontext())
     own = greedy_steps(static_cache.StaticDecoder(predictor.model), prompt, 12)
