@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nextterm_mlx.decode import greedy_step
 from nextterm_mlx.resolve import TINY_CHECKPOINT
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,3 +36,18 @@ def converted(tmp_path_factory):
 def private_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's converted-model cache."""
     monkeypatch.setenv("NEXTTERM_MLX_CACHE", str(tmp_path / "nextterm-cache"))
+
+
+def greedy_steps(decoder, prompt: list[int], steps: int):
+    """Greedy decoding of `prompt` with a StaticDecoder: the tokens and
+    log-probabilities of the prefill's choice and of `steps` compiled steps,
+    and the KV buffers' capacity after the prefill and after each step."""
+    decoder.reset()
+    choice, logprob = greedy_step(decoder.prefill(prompt))
+    tokens, logprobs, capacities = [choice.item()], [logprob.item()], [decoder.buffers[0].shape[2]]
+    for _ in range(steps):
+        choice, logprob = decoder.step(choice)
+        tokens.append(choice.item())
+        logprobs.append(logprob.item())
+        capacities.append(decoder.buffers[0].shape[2])
+    return tokens, logprobs, capacities

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import nextterm_mlx
-from conftest import FIXTURES
+from conftest import FIXTURES, greedy_steps
 from nextterm_mlx import static_cache
-from nextterm_mlx.decode import greedy_step
 from nextterm_mlx.rotation import TabledRoPE, rotation_shared_by_layers, shareable
 
 
@@ -61,14 +60,9 @@ def test_ropes_it_cannot_reproduce_are_left_alone():
             assert model.layers[0].self_attn.rope is rope
 
 
-def greedy_steps(decoder, prompt, steps):
+def logprobs_and_caches(decoder, prompt, steps):
     """Log-probabilities of `steps` greedy steps, and the caches after them."""
-    decoder.reset()
-    choice, _ = greedy_step(decoder.prefill(prompt))
-    logprobs = []
-    for _ in range(steps):
-        choice, logprob = decoder.step(choice)
-        logprobs.append(logprob.item())
+    logprobs = greedy_steps(decoder, prompt, steps)[1][1:]
     return logprobs, [np.array(buffer) for buffer in decoder.buffers]
 
 
@@ -77,10 +71,10 @@ def test_compiled_step_is_bit_for_bit_the_step_with_mlx_rope(monkeypatch):
     prompt = predictor.prompt([3, 1, 4, 1, 5, 9, 2, 6])
     assert shareable(predictor.model)
     ropes = [layer.self_attn.rope for layer in predictor.model.layers]
-    shared = greedy_steps(static_cache.StaticDecoder(predictor.model), prompt, 12)
+    shared = logprobs_and_caches(static_cache.StaticDecoder(predictor.model), prompt, 12)
     assert all(layer.self_attn.rope is rope for layer, rope in zip(predictor.model.layers, ropes))
 
     monkeypatch.setattr(static_cache, "rotation_shared_by_layers", lambda *_: contextlib.nullcontext())
-    own = greedy_steps(static_cache.StaticDecoder(predictor.model), prompt, 12)
+    own = logprobs_and_caches(static_cache.StaticDecoder(predictor.model), prompt, 12)
     assert shared[0] == own[0]
     assert all(np.array_equal(a, b) for a, b in zip(shared[1], own[1]))

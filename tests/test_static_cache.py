@@ -7,28 +7,13 @@ from __future__ import annotations
 import pytest
 
 import nextterm_mlx
-from conftest import FIXTURES
+from conftest import FIXTURES, greedy_steps
 from nextterm_mlx import static_cache
-from nextterm_mlx.decode import greedy_step
 
 
 @pytest.fixture(scope="module")
 def model():
     return nextterm_mlx.load(FIXTURES / "untied-v4", dtype="float32").model
-
-
-def greedy_steps(decoder, prompt: list[int], steps: int):
-    """Greedy tokens and log-probabilities of a prompt and `steps` steps, and
-    the buffers' capacity after the prefill and after each step."""
-    decoder.reset()
-    choice, logprob = greedy_step(decoder.prefill(prompt))
-    tokens, logprobs, capacities = [choice.item()], [logprob.item()], [decoder.buffers[0].shape[2]]
-    for _ in range(steps):
-        choice, logprob = decoder.step(choice)
-        tokens.append(choice.item())
-        logprobs.append(logprob.item())
-        capacities.append(decoder.buffers[0].shape[2])
-    return tokens, logprobs, capacities
 
 
 def digits(count: int) -> list[int]:
