@@ -1,20 +1,54 @@
-"""Build the one compiled piece: the skinny-product kernel for MLX on Linux
-(see nextterm_mlx/_skinny.c).
+"""Build the compiled pieces for MLX's CPU backend on Linux:
 
-It is optional: where no C compiler is found the install still succeeds and
-decoding runs through OpenBLAS's GEMM, about 2-2.4x slower. macOS uses
-Accelerate and needs no kernel.
+- the skinny-product kernel (nextterm_mlx/_skinny.c), in C;
+- SwiGLU with a vectorised exp (nextterm_mlx/_swiglu.cpp), an MLX primitive
+  in C++, built against the MLX headers and nanobind that pyproject.toml's
+  build requirements bring.
+
+Both are optional: where they cannot be built the install still succeeds,
+and decoding runs through OpenBLAS's GEMM (about 2-2.4x slower) and MLX's
+own SwiGLU. macOS uses Accelerate and Metal and needs neither.
 """
 
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 
-skinny = Extension(
-    "nextterm_mlx._skinny",
-    sources=["nextterm_mlx/_skinny.c"],
-    extra_compile_args=["-O3"],
-    optional=True,
-)
 
-setup(ext_modules=[skinny] if sys.platform.startswith("linux") else [])
+def skinny_extension() -> Extension:
+    return Extension(
+        "nextterm_mlx._skinny",
+        sources=["nextterm_mlx/_skinny.c"],
+        extra_compile_args=["-O3"],
+        optional=True,
+    )
+
+
+def swiglu_extension() -> list[Extension]:
+    try:
+        import mlx
+        import nanobind
+    except ImportError as e:
+        print(f"nextterm-mlx: not building the SwiGLU primitive ({e})", file=sys.stderr)
+        return []
+    mlx_dir = Path(mlx.__path__[0])
+    nanobind_dir = Path(nanobind.__file__).parent
+    return [Extension(
+        "nextterm_mlx._swiglu",
+        sources=["nextterm_mlx/_swiglu.cpp", str(nanobind_dir / "src" / "nb_combined.cpp")],
+        include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(),
+                      str(nanobind_dir / "ext" / "robin_map" / "include")],
+        library_dirs=[str(mlx_dir / "lib")],
+        libraries=["mlx"],
+        # MLX's headers need C++20. NB_DOMAIN: share MLX's own nanobind
+        # bindings (its mx.array type), which live in the domain "mlx".
+        extra_compile_args=["-std=c++20", "-O3", "-fvisibility=hidden", "-fno-strict-aliasing",
+                            "-DNB_DOMAIN=mlx"],
+        language="c++",
+        optional=True,
+    )]
+
+
+on_linux = sys.platform.startswith("linux")
+setup(ext_modules=[skinny_extension(), *swiglu_extension()] if on_linux else [])

@@ -199,7 +199,8 @@ def test_products_with_many_rows_stay_with_openblas():
     assert kernel_calls() == before
 
 
-@pytest.mark.parametrize("switch", ["NEXTTERM_MLX_BLAS", "NEXTTERM_MLX_SKINNY", "NEXTTERM_MLX_TWO_STREAMS"])
+@pytest.mark.parametrize("switch", ["NEXTTERM_MLX_BLAS", "NEXTTERM_MLX_SKINNY", "NEXTTERM_MLX_TWO_STREAMS",
+                                    "NEXTTERM_MLX_SWIGLU"])
 def test_reference_parity_holds_without_the_fast_paths(switch):
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reference_parity.py",
