@@ -1,13 +1,13 @@
 """Build the compiled pieces for MLX's CPU backend on Linux:
 
 - the skinny-product kernel (nextterm_mlx/_skinny.c), in C;
-- SwiGLU with a vectorised exp (nextterm_mlx/_swiglu.cpp), an MLX primitive
-  in C++, built against the MLX headers and nanobind that pyproject.toml's
-  build requirements bring.
+- MLX primitives in C++ for SwiGLU and attention (nextterm_mlx/_primitives.cpp
+  and the files it names), built against the MLX headers and nanobind that
+  pyproject.toml's build requirements bring.
 
 Both are optional: where they cannot be built the install still succeeds,
 and decoding runs through OpenBLAS's GEMM (about 2-2.4x slower) and MLX's
-own SwiGLU. macOS uses Accelerate and Metal and needs neither.
+own operations. macOS uses Accelerate and Metal and needs neither.
 """
 
 import sys
@@ -25,18 +25,20 @@ def skinny_extension() -> Extension:
     )
 
 
-def swiglu_extension() -> list[Extension]:
+def primitives_extension() -> list[Extension]:
     try:
         import mlx
         import nanobind
     except ImportError as e:
-        print(f"nextterm-mlx: not building the SwiGLU primitive ({e})", file=sys.stderr)
+        print(f"nextterm-mlx: not building the MLX primitives ({e})", file=sys.stderr)
         return []
     mlx_dir = Path(mlx.__path__[0])
     nanobind_dir = Path(nanobind.__file__).parent
     return [Extension(
-        "nextterm_mlx._swiglu",
-        sources=["nextterm_mlx/_swiglu.cpp", str(nanobind_dir / "src" / "nb_combined.cpp")],
+        "nextterm_mlx._primitives",
+        sources=["nextterm_mlx/_primitives.cpp", "nextterm_mlx/_swiglu.cpp", "nextterm_mlx/_attention.cpp",
+                 str(nanobind_dir / "src" / "nb_combined.cpp")],
+        depends=["nextterm_mlx/_vector_exp.h"],
         include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(),
                       str(nanobind_dir / "ext" / "robin_map" / "include")],
         library_dirs=[str(mlx_dir / "lib")],
@@ -51,4 +53,4 @@ def swiglu_extension() -> list[Extension]:
 
 
 on_linux = sys.platform.startswith("linux")
-setup(ext_modules=[skinny_extension(), *swiglu_extension()] if on_linux else [])
+setup(ext_modules=[skinny_extension(), *primitives_extension()] if on_linux else [])

@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import dequantize_model, load_model
 
-from . import activation, two_streams
+from . import primitives, two_streams
 from .errors import UserError
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -55,7 +55,8 @@ def load_mlx_folder(
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])
     if on_cpu():
-        activation.install()  # first: the halves of two_streams' swiglu call it
-        two_streams.install()
+        primitives.install()
+        if not primitives.installed():
+            two_streams.install()
     mx.eval(model.parameters())
     return model, config

@@ -57,7 +57,7 @@ class Predictor:
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
-        from . import activation, blas, heap, two_streams
+        from . import blas, heap, primitives, two_streams
 
         meta = read_meta(self.path) or {}
         compute_dtypes = sorted({str(p.dtype).removeprefix("mlx.core.") for _, p in tree_flatten(self.model.parameters())})
@@ -77,7 +77,7 @@ class Predictor:
             "mlx_version": mx.__version__,
             "device": str(mx.default_device()),
             "blas": blas.describe(),
-            "swiglu": activation.describe(),
+            "primitives": primitives.describe(),
             "two_streams": two_streams.installed(),
             "heap_kept": heap.kept,
         }

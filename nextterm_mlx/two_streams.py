@@ -13,8 +13,11 @@ whole's.
 Measured on the 440M shape, 2 cores: a decode step of 32 sequences took
 332-356 ms instead of 380-433; at 8 sequences the two were within noise,
 and at 2 sequences or 8 positions of one the split was no faster, hence
-MIN_ROWS. With nextterm-mlx's vectorised SwiGLU (activation.py), halving it
-neither gains nor loses (a 32-sequence step 302 against 303 ms).
+MIN_ROWS.
+
+It serves where nextterm-mlx's own primitives (primitives.py) do not: with
+them, halving neither gained nor lost for SwiGLU (a 32-sequence step 302
+against 303 ms) and lost for attention (334 against 315 ms).
 
 The model's layers look both functions up in mlx_lm.models.qwen3, so
 install() replaces them there, for the whole process; below MIN_ROWS, or for

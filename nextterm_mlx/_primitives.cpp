@@ -1,0 +1,23 @@
+/*
+ * The Python module of nextterm-mlx's MLX primitives for the CPU (see
+ * nextterm_mlx/primitives.py): SwiGLU (_swiglu.cpp) and attention
+ * (_attention.cpp). It is built against the headers of one MLX version,
+ * which it reports, and in the nanobind domain of MLX's own bindings
+ * ("mlx"), so that its functions take and return mx.array.
+ */
+
+#include <nanobind/nanobind.h>
+
+#include "mlx/version.h"
+
+namespace nb = nanobind;
+
+void bind_swiglu(nb::module_ &m);
+void bind_attention(nb::module_ &m);
+
+NB_MODULE(_primitives, m) {
+  m.attr("built_against") = NB_TOSTRING(MLX_VERSION_MAJOR) "." NB_TOSTRING(MLX_VERSION_MINOR) "." NB_TOSTRING(
+      MLX_VERSION_PATCH);
+  bind_swiglu(m);
+  bind_attention(m);
+}
