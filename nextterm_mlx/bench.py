@@ -115,7 +115,7 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
     from mlx_lm.models.cache import make_prompt_cache
 
     import nextterm_mlx
-    from nextterm_mlx import blas
+    from nextterm_mlx import blas, primitives
     from nextterm_mlx.decode import DecodeStats, prefill
     from nextterm_mlx.vocab import encode_prompt
 
@@ -127,7 +127,7 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
         mx.eval(prefill(model, prompt, make_prompt_cache(model)))
 
     prefill_once()
-    result = {"blas": blas.describe(), "prompt_tokens": int(prompt.size),
+    result = {"blas": blas.describe(), "primitives": primitives.describe(), "prompt_tokens": int(prompt.size),
               "prefill_seconds": median_time(prefill_once, repeats)}
 
     # Batch-1 decode reads every weight once per token; the fraction sets
@@ -393,6 +393,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
                     "device": str(mx.default_device())},
         "versions": versions(),
         "blas": ours["blas"],
+        "primitives": ours["primitives"],
         "prompts": prompts["source"],
         "memory_read_gb_s": ours["memory_read_gb_s"],
         "conversion_440m": conversion,
@@ -445,7 +446,7 @@ def markdown(report: dict) -> str:
                                                        "transformers_bf16", "proxy"))
     lines = [
         f"Measured {report['date']} on {report['machine']['platform']}, {report['machine']['cpus']} CPUs, "
-        f"{report['blas']}; memory read {report['memory_read_gb_s']:.1f} GB/s with every core "
+        f"{report['blas']}; {report['primitives']}; memory read {report['memory_read_gb_s']:.1f} GB/s with every core "
         f"({report['nextterm']['one_thread_read_gb_s']:.1f} GB/s on one thread). Random 440M-shape weights.",
         "",
         "| what | prefill (s) | decode tok/s |",

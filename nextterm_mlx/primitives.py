@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from types import ModuleType
 from typing import Any, Callable, Optional
 
@@ -34,6 +35,8 @@ from mlx_lm.models import qwen3
 
 def _load() -> tuple[Optional[ModuleType], str]:
     """The compiled module, or None and why not."""
+    if not sys.platform.startswith("linux"):
+        return None, "built on Linux only"
     if os.environ.get("NEXTTERM_MLX_PRIMITIVES") == "0":
         return None, "disabled (NEXTTERM_MLX_PRIMITIVES=0)"
     try:
@@ -83,9 +86,12 @@ def one_pass_attention(stock: Callable[..., mx.array]) -> Callable[..., mx.array
     def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float, mask: Any,
                   sinks: Optional[mx.array] = None) -> mx.array:
         if takes_mask(mask) and sinks is None and not hasattr(cache, "bits") and on_cpu_in_float32(queries, keys, values):
-            if isinstance(mask, mx.array):
-                return compiled.attention(queries, keys, values, scale, mask=mask)
-            return compiled.attention(queries, keys, values, scale, mask_mode=mask or "")
+            try:
+                if isinstance(mask, mx.array):
+                    return compiled.attention(queries, keys, values, scale, mask=mask)
+                return compiled.attention(queries, keys, values, scale, mask_mode=mask or "")
+            except ValueError:  # shapes it does not take, e.g. more queries than keys
+                pass
         return stock(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
 
     return attention

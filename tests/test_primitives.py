@@ -228,16 +228,18 @@ def test_attention_gradients_match_mlx_attention():
 
 
 @needs_primitives
-def test_attention_it_does_not_take_goes_to_mlx_lm(monkeypatch):
-    monkeypatch.setattr(primitives, "compiled", None)  # a call to it would fail
+def test_attention_it_does_not_take_goes_to_mlx_lm():
     attention = primitives.one_pass_attention(mlx_lm_attention)
-    q, k, v, _ = (mx.array(a) if a is not None else None for a in attention_problem(1, 4, 2, 2, 5, 16, "none", seed=5))
+    q, k, v = (mx.array(a) for a in attention_problem(1, 4, 2, 2, 5, 16, "none", seed=5)[:3])
     half = [a.astype(mx.bfloat16) for a in (q, k, v)]
     assert mx.array_equal(attention(*half, cache=None, scale=0.3, mask=None),
                           mlx_lm_attention(*half, cache=None, scale=0.3, mask=None)).item()
     sinks = mx.zeros((4,))
     assert mx.array_equal(attention(q, k, v, cache=None, scale=0.3, mask=None, sinks=sinks),
                           mlx_lm_attention(q, k, v, cache=None, scale=0.3, mask=None, sinks=sinks)).item()
+    more_queries_than_keys = mx.array(np.ones((1, 4, 6, 16), dtype=np.float32))
+    assert mx.array_equal(attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None),
+                          mlx_lm_attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None)).item()
     integer_mask = mx.array([[1, 0, 1, 1, 1], [1, 1, 0, 1, 1]])
     assert mx.array_equal(attention(q, k, v, cache=None, scale=0.3, mask=integer_mask),
                           mlx_lm_attention(q, k, v, cache=None, scale=0.3, mask=integer_mask)).item()
