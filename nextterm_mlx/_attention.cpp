@@ -14,9 +14,10 @@
  * may see (masked positions are skipped, not computed), their softmax with
  * the vectorised exp, and the weighted sum of the value rows. The inputs
  * are read where they lie, through their strides: a KV cache's slice is not
- * copied, nor a mask broadcast over heads or sequences (only a strided last
- * dimension is). From SHARED_WORK multiply-adds on, a second thread takes
- * half of the key heads. The semantics are
+ * copied, nor a mask broadcast over heads or sequences (queries, keys or
+ * values whose last dimension is strided are). From SHARED_WORK
+ * multiply-adds on, a second thread takes half of the (sequence, key head)
+ * groups. The semantics are
  * MLX's: a boolean mask hides positions, a float mask is added to the
  * scores, "causal" aligns the queries with the last keys, and a row that
  * may see nothing averages all the values.
@@ -25,7 +26,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -80,11 +83,10 @@ struct Scalar {
   /* out = sum over l of weights[l] * values.row(b, h, l), times `factor`. */
   static void weighted_sum(float *out, const Rows &values, int b, int h, const float *weights, int count, int dim,
                            float factor) {
-    for (int d = 0; d < dim; ++d) {
-      float sum = 0.0f;
-      for (int l = 0; l < count; ++l) sum += weights[l] * values.row(b, h, l)[d];
-      out[d] = sum * factor;
-    }
+    std::fill(out, out + dim, 0.0f);
+    for (int l = 0; l < count; ++l)
+      for (int d = 0; d < dim; ++d) out[d] += weights[l] * values.row(b, h, l)[d];
+    for (int d = 0; d < dim; ++d) out[d] *= factor;
   }
 };
 
@@ -112,14 +114,15 @@ struct Avx2 {
     return sum;
   }
 
-  /* scores - max is at most 0; below -87 its exp is under 2e-38 and counts as 0. */
+  /* scores - max is at most 0; below -87 its exp is under 2e-38 and counts as
+   * 0. A NaN stays NaN (max_ps returns its second operand when one is NaN). */
   __attribute__((target("avx2,fma"))) static float exp_and_sum(float *scores, int n, float max) {
     const __m256 lowest = _mm256_set1_ps(-87.0f), maxes = _mm256_set1_ps(max);
     __m256 sums = _mm256_setzero_ps();
     int l = 0;
     for (; l + 8 <= n; l += 8) {
       __m256 t = _mm256_sub_ps(_mm256_loadu_ps(scores + l), maxes);
-      __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(t, lowest, _CMP_LT_OQ), exp_avx2(_mm256_max_ps(t, lowest)));
+      __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(t, lowest, _CMP_LT_OQ), exp_avx2(_mm256_max_ps(lowest, t)));
       _mm256_storeu_ps(scores + l, e);
       sums = _mm256_add_ps(sums, e);
     }
@@ -156,8 +159,7 @@ struct Avx2 {
 
 /* The query rows of key heads [first, last), counting over the batch. */
 template <class Loops>
-void attend(const Problem &p, int first, int last) {
-  std::vector<float> scores(p.kv_length);
+void attend(const Problem &p, int first, int last, float *scores) {
   const int64_t *ms = p.mask_strides;
   int group = p.query_heads / p.kv_heads;
   for (int g = first; g < last; ++g) {
@@ -177,45 +179,61 @@ void attend(const Problem &p, int first, int last) {
           scores[l] = score;
           max = std::max(max, score);
         }
-        float total = Loops::exp_and_sum(scores.data(), p.kv_length, max);
+        float total = Loops::exp_and_sum(scores, p.kv_length, max);
         float *out = p.out + (((int64_t)b * p.query_heads + h) * p.query_length + i) * p.dim;
-        Loops::weighted_sum(out, p.values, b, kv_head, scores.data(), p.kv_length, p.dim, 1.0f / total);
+        Loops::weighted_sum(out, p.values, b, kv_head, scores, p.kv_length, p.dim, 1.0f / total);
       }
     }
   }
 }
 
 /* Multiply-adds (queries x keys x dimension) from which a second thread
- * takes half the key heads. A decode step of 32 sequences of the 440M shape
+ * takes half of the (sequence, key head) groups. A decode step of 32 sequences of the 440M shape
  * has about 4 million, one of a single sequence 0.2 million. */
 constexpr double SHARED_WORK = 2e6;
 
 void attend_everything(const Problem &p) {
-  void (*attend_range)(const Problem &, int, int) = attend<Scalar>;
+  void (*attend_range)(const Problem &, int, int, float *) = attend<Scalar>;
 #if defined(__x86_64__)
   if (has_avx2_and_fma()) attend_range = attend<Avx2>;
 #endif
   int groups = p.batch * p.kv_heads;
+  std::vector<float> scores(2 * (size_t)p.kv_length);  // one row's worth for each thread
   double work = (double)p.batch * p.query_heads * p.query_length * p.kv_length * p.dim;
-  if (work < SHARED_WORK || groups < 2) return attend_range(p, 0, groups);
-  std::thread helper(attend_range, std::cref(p), 0, groups / 2);
-  attend_range(p, groups / 2, groups);
+  if (work < SHARED_WORK || groups < 2) return attend_range(p, 0, groups, scores.data());
+  std::thread helper;
+  try {
+    helper = std::thread(attend_range, std::cref(p), 0, groups / 2, scores.data() + p.kv_length);
+  } catch (const std::system_error &) {  // no thread to be had: all of it here
+    return attend_range(p, 0, groups, scores.data());
+  }
+  attend_range(p, groups / 2, groups, scores.data());
   helper.join();
 }
 
+/* Where an input's elements lie: read when the primitive is encoded, used
+ * when its task runs. */
+struct Layout {
+  const void *data;
+  int64_t shape[4], strides[4];
+
+  explicit Layout(const mx::array &a) : data(a.data<void>()) {
+    for (int d = 0; d < 4; ++d) shape[d] = a.shape(d), strides[d] = a.strides()[d];
+  }
+};
+
 /* `input` as Rows, copied into `storage` when its last dimension is strided. */
-Rows rows_of(const mx::array &input, std::vector<float> &storage) {
-  const mx::Strides &s = input.strides();
-  if (s[3] == 1) return {input.data<float>(), s[0], s[1], s[2]};
-  int64_t n0 = input.shape(0), n1 = input.shape(1), n2 = input.shape(2), n3 = input.shape(3);
-  storage.resize(input.size());
-  const float *from = input.data<float>();
-  for (int64_t a = 0; a < n0; ++a)
-    for (int64_t b = 0; b < n1; ++b)
-      for (int64_t c = 0; c < n2; ++c)
-        for (int64_t d = 0; d < n3; ++d)
-          storage[((a * n1 + b) * n2 + c) * n3 + d] = from[a * s[0] + b * s[1] + c * s[2] + d * s[3]];
-  return {storage.data(), n1 * n2 * n3, n2 * n3, n3};
+Rows rows_of(const Layout &input, std::vector<float> &storage) {
+  const int64_t *n = input.shape, *s = input.strides;
+  const float *from = static_cast<const float *>(input.data);
+  if (s[3] == 1) return {from, s[0], s[1], s[2]};
+  storage.resize(n[0] * n[1] * n[2] * n[3]);
+  for (int64_t a = 0; a < n[0]; ++a)
+    for (int64_t b = 0; b < n[1]; ++b)
+      for (int64_t c = 0; c < n[2]; ++c)
+        for (int64_t d = 0; d < n[3]; ++d)
+          storage[((a * n[1] + b) * n[2] + c) * n[3] + d] = from[a * s[0] + b * s[1] + c * s[2] + d * s[3]];
+  return {storage.data(), n[1] * n[2] * n[3], n[2] * n[3], n[3]};
 }
 
 class Attention : public mx::Primitive {
@@ -228,17 +246,19 @@ class Attention : public mx::Primitive {
     auto &encoder = mx::cpu::get_command_encoder(stream());
     for (const mx::array &input : inputs) encoder.set_input_array(input);
     encoder.set_output_array(out);
-    encoder.dispatch([inputs, out = out.data<float>(), causal = causal_, scale = scale_]() {
-      const mx::array &queries = inputs[0], &keys = inputs[1];
+    Layout queries(inputs[0]), keys(inputs[1]), values(inputs[2]);
+    std::optional<Layout> mask;
+    if (inputs.size() == 4) mask.emplace(inputs[3]);
+    bool hides = mask && inputs[3].dtype() == mx::bool_;
+    encoder.dispatch([=, out = out.data<float>(), causal = causal_, scale = scale_]() {
       std::vector<float> copies[3];
-      Problem p{rows_of(inputs[0], copies[0]), rows_of(inputs[1], copies[1]), rows_of(inputs[2], copies[2]), out,
-                queries.shape(0), queries.shape(1), keys.shape(1), queries.shape(2), keys.shape(2), queries.shape(3),
-                nullptr, nullptr, {0, 0, 0, 0}, causal, scale};
-      if (inputs.size() == 4) {
-        const mx::array &mask = inputs[3];
-        for (int d = 0; d < 4; ++d) p.mask_strides[d] = mask.strides()[d];
-        if (mask.dtype() == mx::bool_) p.hide = mask.data<bool>();
-        else p.added = mask.data<float>();
+      Problem p{rows_of(queries, copies[0]), rows_of(keys, copies[1]), rows_of(values, copies[2]), out,
+                (int)queries.shape[0], (int)queries.shape[1], (int)keys.shape[1], (int)queries.shape[2],
+                (int)keys.shape[2], (int)queries.shape[3], nullptr, nullptr, {0, 0, 0, 0}, causal, scale};
+      if (mask) {
+        for (int d = 0; d < 4; ++d) p.mask_strides[d] = mask->strides[d];
+        if (hides) p.hide = static_cast<const bool *>(mask->data);
+        else p.added = static_cast<const float *>(mask->data);
       }
       attend_everything(p);
     });
@@ -248,18 +268,19 @@ class Attention : public mx::Primitive {
     throw std::runtime_error("[attention] has no GPU implementation");
   }
 
-  /* Gradients through MLX's own attention, so that training still works. */
+  /* Gradients of the queries, keys and values through MLX's own attention,
+   * the mask held fixed (MLX's attention gives none for it either). */
   std::vector<mx::array> vjp(const std::vector<mx::array> &primals, const std::vector<mx::array> &cotangents,
                              const std::vector<int> &argnums, const std::vector<mx::array> &) override {
-    auto stock = [this](const std::vector<mx::array> &in) {
-      std::optional<mx::array> mask;
-      if (in.size() == 4) mask = in[3];
+    std::optional<mx::array> mask;
+    if (primals.size() == 4) mask = primals[3];
+    auto stock = [this, mask](const std::vector<mx::array> &qkv) {
       return std::vector<mx::array>{mx::fast::scaled_dot_product_attention(
-          in[0], in[1], in[2], scale_, causal_ ? "causal" : "", mask, {}, false, stream())};
+          qkv[0], qkv[1], qkv[2], scale_, causal_ ? "causal" : "", mask, {}, false, stream())};
     };
-    auto [_, grads] = mx::vjp(stock, primals, cotangents);
+    auto [_, grads] = mx::vjp(stock, {primals[0], primals[1], primals[2]}, cotangents);
     std::vector<mx::array> wanted;
-    for (int arg : argnums) wanted.push_back(grads[arg]);
+    for (int arg : argnums) wanted.push_back(arg < 3 ? grads[arg] : mx::zeros_like(primals[arg], stream()));
     return wanted;
   }
 

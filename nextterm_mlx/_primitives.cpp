@@ -8,6 +8,7 @@
 
 #include <nanobind/nanobind.h>
 
+#include "_vector_exp.h"
 #include "mlx/version.h"
 
 namespace nb = nanobind;
@@ -18,6 +19,12 @@ void bind_attention(nb::module_ &m);
 NB_MODULE(_primitives, m) {
   m.attr("built_against") = NB_TOSTRING(MLX_VERSION_MAJOR) "." NB_TOSTRING(MLX_VERSION_MINOR) "." NB_TOSTRING(
       MLX_VERSION_PATCH);
+  // Whether this CPU takes the AVX2 paths; the plain ones are not measured.
+#if defined(__x86_64__)
+  m.attr("vectorised") = has_avx2_and_fma();
+#else
+  m.attr("vectorised") = false;
+#endif
   bind_swiglu(m);
   bind_attention(m);
 }

@@ -4,7 +4,7 @@
  * takes one element at a time and calls libm's fmaf for each multiply-add,
  * about 13 ns an element here. This is Cephes' expf (range reduction by
  * ln 2, a degree-5 polynomial, the exponent set by integer arithmetic) with
- * AVX2 and FMA, within 2 ulps.
+ * AVX2 and FMA.
  */
 
 #pragma once

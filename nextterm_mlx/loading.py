@@ -55,8 +55,7 @@ def load_mlx_folder(
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])
     if on_cpu():
-        primitives.install()
-        if not primitives.installed():
-            two_streams.install()
+        two_streams.install()
+        primitives.install()  # in front of the halves: they serve what it does not take
     mx.eval(model.parameters())
     return model, config

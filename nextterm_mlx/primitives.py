@@ -16,7 +16,7 @@ computes each as one primitive, with a vectorised exp:
 
 install() puts them in mlx-lm's Qwen3 layers, which look both functions up
 in mlx_lm.models.qwen3, for float32 arrays on the CPU; anything else goes to
-mlx-lm's own. The primitives are used only with the MLX version whose
+the functions they replace (two_streams' halves, or mlx-lm's own). The primitives are used only with the MLX version whose
 headers they were built against. NEXTTERM_MLX_PRIMITIVES=0 leaves mlx-lm's
 functions alone.
 """
@@ -44,13 +44,17 @@ def _load() -> tuple[Optional[ModuleType], str]:
     except ImportError:
         return None, "not built: reinstall nextterm-mlx on Linux where a C++ compiler is present"
     if _primitives.built_against != mx.__version__:
+        # pip builds against the newest MLX unless told to use the installed one
         return None, (f"built against MLX {_primitives.built_against}, not the installed {mx.__version__}: "
-                      "reinstall nextterm-mlx")
+                      f"upgrade MLX to {_primitives.built_against}, or reinstall nextterm-mlx with "
+                      "`pip install nanobind==3.1.0` and then `pip install --no-build-isolation`")
+    if not _primitives.vectorised:
+        return None, "this CPU has no AVX2 and FMA, for which they are written"
     try:
         _primitives.swiglu(mx.zeros(8), mx.zeros(8))
     except TypeError:  # built with a nanobind whose ABI is not MLX's: it cannot take an mx.array
-        return None, "built with a nanobind MLX's bindings do not share: reinstall nextterm-mlx"
-    return _primitives, "nextterm-mlx's SwiGLU and attention"
+        return None, "built with a nanobind whose ABI MLX's bindings do not share: reinstall nextterm-mlx"
+    return _primitives, "nextterm-mlx's SwiGLU and attention (float32)"
 
 
 compiled, why = _load()

@@ -83,11 +83,14 @@ def test_swiglu_over_every_range_of_the_exp_is_within_4_ulps():
 
 @needs_primitives
 def test_swiglu_of_special_values():
-    gate = mx.array([0.0, -0.0, 1e-30, -1e-30, 200.0, -200.0, np.inf, -np.inf, np.nan])
+    special = [0.0, -0.0, 1e-30, -1e-30, 200.0, -200.0, np.inf, -np.inf, np.nan]
+    gate = mx.array(special * 2)  # the first 16 through the vectorised loop, the last 2 through the plain one
     got = primitives.compiled.swiglu(gate, mx.ones_like(gate)).tolist()
-    assert np.allclose(got[:4], [0.0, 0.0, 5e-31, -5e-31], rtol=1e-6, atol=0)
-    assert got[4] == 200.0 and got[5] == 0.0 and got[6] == np.inf and got[7] == 0.0
-    assert np.isnan(got[8])
+    for at in (0, 9):
+        value = got[at:at + 9]
+        assert np.allclose(value[:4], [0.0, 0.0, 5e-31, -5e-31], rtol=1e-6, atol=0)
+        assert value[4] == 200.0 and value[5] == 0.0 and value[6] == np.inf and value[7] == 0.0
+        assert np.isnan(value[8])
 
 
 @needs_primitives
@@ -213,33 +216,62 @@ def test_attention_compiled_and_on_another_stream_gives_the_same_values():
 
 
 @needs_primitives
-def test_attention_gradients_match_mlx_attention():
-    q, k, v, mask = (mx.array(a) for a in attention_problem(2, 4, 2, 3, 7, 16, "padding", seed=3))
-    weights = mx.array(np.random.default_rng(4).standard_normal((2, 4, 3, 16)).astype(np.float32))
+def test_attention_gradients_match_finite_differences_in_float64():
+    q, k, v, mask = attention_problem(1, 2, 1, 2, 4, 8, "padding", seed=3)
+    weights = np.random.default_rng(4).standard_normal((1, 2, 2, 8))
 
-    def loss(attention):
-        return lambda q, k, v: (attention(q, k, v) * weights).sum()
+    def loss(q, k, v):
+        return (attention_in_float64(q, k, v, 0.3, mask) * weights).sum()
 
-    ours = mx.grad(loss(lambda q, k, v: primitives.compiled.attention(q, k, v, 0.3, mask=mask)), argnums=(0, 1, 2))(q, k, v)
-    theirs = mx.grad(loss(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)),
-                     argnums=(0, 1, 2))(q, k, v)
-    for a, b in zip(ours, theirs):
-        assert mx.allclose(a, b, rtol=1e-5, atol=1e-6).item()
+    grads = mx.grad(lambda q, k, v: (primitives.compiled.attention(q, k, v, 0.3, mask=mx.array(mask))
+                                     * mx.array(weights.astype(np.float32))).sum(),
+                    argnums=(0, 1, 2))(mx.array(q), mx.array(k), mx.array(v))
+    inputs = [q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)]
+    for which, grad in enumerate(grads):
+        numeric = np.zeros_like(inputs[which])
+        for index in np.ndindex(*numeric.shape):
+            step = [x.copy() for x in inputs], [x.copy() for x in inputs]
+            step[0][which][index] += 1e-5
+            step[1][which][index] -= 1e-5
+            numeric[index] = (loss(*step[0]) - loss(*step[1])) / 2e-5
+        assert np.allclose(np.array(grad), numeric, rtol=1e-3, atol=1e-4)
 
 
 @needs_primitives
-def test_attention_it_does_not_take_goes_to_mlx_lm():
-    attention = primitives.one_pass_attention(mlx_lm_attention)
+def test_attention_keeps_a_nan_where_it_came_from():
+    q, k, v, mask = attention_problem(1, 4, 2, 3, 16, 16, "padding", seed=6)  # 16 keys: no plain tail
+    q[0, 1, 2, 5] = np.nan  # one query row of one head
+    got = np.array(call_attention(q, k, v, 0.3, mask))
+    assert np.isnan(got[0, 1, 2]).all()
+    got[0, 1, 2] = 0.0
+    expected = attention_in_float64(np.nan_to_num(q), k, v, 0.3, mask)
+    expected[0, 1, 2] = 0.0
+    assert np.allclose(got, expected, rtol=1e-5, atol=2e-6)
+
+
+@needs_primitives
+def test_attention_it_does_not_take_goes_to_mlx_lm(monkeypatch):
     q, k, v = (mx.array(a) for a in attention_problem(1, 4, 2, 2, 5, 16, "none", seed=5)[:3])
+    more_queries_than_keys = mx.array(np.ones((1, 4, 6, 16), dtype=np.float32))
+    attention = primitives.one_pass_attention(mlx_lm_attention)
+    # the primitive refuses it, and the wrapper passes it on
+    assert mx.array_equal(attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None),
+                          mlx_lm_attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None)).item()
+
+    def not_to_be_called(*args, **kwargs):
+        raise AssertionError("the primitive was called")
+
+    monkeypatch.setattr(primitives, "compiled", SimpleNamespace(attention=not_to_be_called))
     half = [a.astype(mx.bfloat16) for a in (q, k, v)]
     assert mx.array_equal(attention(*half, cache=None, scale=0.3, mask=None),
                           mlx_lm_attention(*half, cache=None, scale=0.3, mask=None)).item()
     sinks = mx.zeros((4,))
     assert mx.array_equal(attention(q, k, v, cache=None, scale=0.3, mask=None, sinks=sinks),
                           mlx_lm_attention(q, k, v, cache=None, scale=0.3, mask=None, sinks=sinks)).item()
-    more_queries_than_keys = mx.array(np.ones((1, 4, 6, 16), dtype=np.float32))
-    assert mx.array_equal(attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None),
-                          mlx_lm_attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None)).item()
     integer_mask = mx.array([[1, 0, 1, 1, 1], [1, 1, 0, 1, 1]])
     assert mx.array_equal(attention(q, k, v, cache=None, scale=0.3, mask=integer_mask),
                           mlx_lm_attention(q, k, v, cache=None, scale=0.3, mask=integer_mask)).item()
+    quantized_cache = SimpleNamespace(bits=8, group_size=64)
+    with pytest.raises(Exception) as raised:  # mlx-lm's quantized path, which these plain keys do not fit
+        attention(q, k, v, cache=quantized_cache, scale=0.3, mask=None)
+    assert not isinstance(raised.value, AssertionError), raised.value

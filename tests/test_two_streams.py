@@ -99,6 +99,7 @@ def batch_forward(model):
 
 def test_a_model_computes_the_same_logits_with_and_without_the_halves(monkeypatch):
     model = nextterm_mlx.load(FIXTURES / "untied-v4", dtype="float32").model
+    assert two_streams.installed()  # behind the primitives, if they are built: what they do not take
     # mlx-lm's own functions, whatever load() put in their place
     monkeypatch.setattr(qwen3, "swiglu", swiglu)
     monkeypatch.setattr(qwen3, "scaled_dot_product_attention", scaled_dot_product_attention)
