@@ -1,8 +1,8 @@
 """Build the compiled pieces for MLX's CPU backend on Linux:
 
 - the skinny-product kernel (nextterm_mlx/_skinny.c), in C;
-- MLX primitives in C++ for SwiGLU and attention (nextterm_mlx/_primitives.cpp
-  and the files it names), built against the MLX headers and nanobind that
+- on x86-64, MLX primitives in C++ for SwiGLU and attention, written for
+  AVX2 and FMA (nextterm_mlx/_primitives.cpp and the files it names), built against the MLX headers and nanobind that
   pyproject.toml's build requirements bring.
 
 Both are optional: where they cannot be built the install still succeeds,
@@ -10,6 +10,7 @@ and decoding runs through OpenBLAS's GEMM (about 2-2.4x slower) and MLX's
 own operations. macOS uses Accelerate and Metal and needs neither.
 """
 
+import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def skinny_extension() -> Extension:
 
 
 def primitives_extension() -> list[Extension]:
+    if platform.machine() != "x86_64":
+        return []
     try:
         import mlx
         import nanobind

@@ -68,29 +68,7 @@ struct Problem {
   float scale;
 };
 
-/* The loops of a query row, plainly, and with AVX2 where the CPU has it. */
-struct Scalar {
-  static float dot(const float *a, const float *b, int n) {
-    float sum = 0.0f;
-    for (int d = 0; d < n; ++d) sum += a[d] * b[d];
-    return sum;
-  }
-  static float exp_and_sum(float *scores, int n, float max) {
-    float sum = 0.0f;
-    for (int l = 0; l < n; ++l) sum += scores[l] = std::exp(scores[l] - max);
-    return sum;
-  }
-  /* out = sum over l of weights[l] * values.row(b, h, l), times `factor`. */
-  static void weighted_sum(float *out, const Rows &values, int b, int h, const float *weights, int count, int dim,
-                           float factor) {
-    std::fill(out, out + dim, 0.0f);
-    for (int l = 0; l < count; ++l)
-      for (int d = 0; d < dim; ++d) out[d] += weights[l] * values.row(b, h, l)[d];
-    for (int d = 0; d < dim; ++d) out[d] *= factor;
-  }
-};
-
-#if defined(__x86_64__)
+/* The loops of a query row, with AVX2 and FMA (primitives.py checks the CPU has them). */
 struct Avx2 {
   __attribute__((target("avx2,fma"))) static float horizontal_sum(__m256 v) {
     alignas(32) float lanes[8];
@@ -155,10 +133,8 @@ struct Avx2 {
     }
   }
 };
-#endif
 
 /* The query rows of key heads [first, last), counting over the batch. */
-template <class Loops>
 void attend(const Problem &p, int first, int last, float *scores) {
   const int64_t *ms = p.mask_strides;
   int group = p.query_heads / p.kv_heads;
@@ -173,15 +149,15 @@ void attend(const Problem &p, int first, int last, float *scores) {
         for (int l = 0; l < p.kv_length; ++l) {
           float score = LOWEST;
           if (l < visible && (p.hide == nullptr || p.hide[mask_row + l * ms[3]])) {
-            score = Loops::dot(query, p.keys.row(b, kv_head, l), p.dim) * p.scale;
+            score = Avx2::dot(query, p.keys.row(b, kv_head, l), p.dim) * p.scale;
             if (p.added) score += p.added[mask_row + l * ms[3]];
           }
           scores[l] = score;
           max = std::max(max, score);
         }
-        float total = Loops::exp_and_sum(scores, p.kv_length, max);
+        float total = Avx2::exp_and_sum(scores, p.kv_length, max);
         float *out = p.out + (((int64_t)b * p.query_heads + h) * p.query_length + i) * p.dim;
-        Loops::weighted_sum(out, p.values, b, kv_head, scores, p.kv_length, p.dim, 1.0f / total);
+        Avx2::weighted_sum(out, p.values, b, kv_head, scores, p.kv_length, p.dim, 1.0f / total);
       }
     }
   }
@@ -193,21 +169,17 @@ void attend(const Problem &p, int first, int last, float *scores) {
 constexpr double SHARED_WORK = 2e6;
 
 void attend_everything(const Problem &p) {
-  void (*attend_range)(const Problem &, int, int, float *) = attend<Scalar>;
-#if defined(__x86_64__)
-  if (has_avx2_and_fma()) attend_range = attend<Avx2>;
-#endif
   int groups = p.batch * p.kv_heads;
   std::vector<float> scores(2 * (size_t)p.kv_length);  // one row's worth for each thread
   double work = (double)p.batch * p.query_heads * p.query_length * p.kv_length * p.dim;
-  if (work < SHARED_WORK || groups < 2) return attend_range(p, 0, groups, scores.data());
+  if (work < SHARED_WORK || groups < 2) return attend(p, 0, groups, scores.data());
   std::thread helper;
   try {
-    helper = std::thread(attend_range, std::cref(p), 0, groups / 2, scores.data() + p.kv_length);
+    helper = std::thread(attend, std::cref(p), 0, groups / 2, scores.data() + p.kv_length);
   } catch (const std::system_error &) {  // no thread to be had: all of it here
-    return attend_range(p, 0, groups, scores.data());
+    return attend(p, 0, groups, scores.data());
   }
-  attend_range(p, groups / 2, groups, scores.data());
+  attend(p, groups / 2, groups, scores.data());
   helper.join();
 }
 

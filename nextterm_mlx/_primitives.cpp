@@ -19,12 +19,8 @@ void bind_attention(nb::module_ &m);
 NB_MODULE(_primitives, m) {
   m.attr("built_against") = NB_TOSTRING(MLX_VERSION_MAJOR) "." NB_TOSTRING(MLX_VERSION_MINOR) "." NB_TOSTRING(
       MLX_VERSION_PATCH);
-  // Whether this CPU takes the AVX2 paths; the plain ones are not measured.
-#if defined(__x86_64__)
+  // Whether this CPU has the AVX2 and FMA the primitives are written for.
   m.attr("vectorised") = has_avx2_and_fma();
-#else
-  m.attr("vectorised") = false;
-#endif
   bind_swiglu(m);
   bind_attention(m);
 }

@@ -25,8 +25,8 @@ using namespace nb::literals;
 
 namespace {
 
-/* Below g = -88 SiLU is under 1e-36 and comes out as 0, as in swiglu_avx2
- * (and SiLU of -inf as its limit, 0). */
+/* The last few elements. Below g = -88 SiLU is under 1e-36 and comes out as
+ * 0, as in swiglu_avx2 (and SiLU of -inf as its limit, 0). */
 void swiglu_scalar(const float *gate, const float *x, float *out, size_t count) {
   for (size_t i = 0; i < count; ++i) {
     float silu = gate[i] < -88.0f ? 0.0f : gate[i] / (1.0f + std::exp(-gate[i]));
@@ -34,7 +34,6 @@ void swiglu_scalar(const float *gate, const float *x, float *out, size_t count) 
   }
 }
 
-#if defined(__x86_64__)
 /* silu(g) = g / (1 + exp(-g)), with exp(-g) clamped to [exp(-87), exp(88)]
  * (see exp_avx2). */
 __attribute__((target("avx2,fma"))) void swiglu_avx2(const float *gate, const float *x, float *out,
@@ -52,14 +51,6 @@ __attribute__((target("avx2,fma"))) void swiglu_avx2(const float *gate, const fl
   }
   swiglu_scalar(gate + i, x + i, out + i, count - i);
 }
-#endif
-
-void swiglu_contiguous(const float *gate, const float *x, float *out, size_t count) {
-#if defined(__x86_64__)
-  if (has_avx2_and_fma()) return swiglu_avx2(gate, x, out, count);
-#endif
-  swiglu_scalar(gate, x, out, count);
-}
 
 class SwiGLU : public mx::Primitive {
  public:
@@ -74,7 +65,7 @@ class SwiGLU : public mx::Primitive {
     encoder.set_input_array(x);
     encoder.set_output_array(out);
     encoder.dispatch([gate = gate.data<float>(), x = x.data<float>(), out = out.data<float>(),
-                      count = out.size()]() { swiglu_contiguous(gate, x, out, count); });
+                      count = out.size()]() { swiglu_avx2(gate, x, out, count); });
   }
 
   void eval_gpu(const std::vector<mx::array> &, std::vector<mx::array> &) override {

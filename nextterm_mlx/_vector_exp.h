@@ -9,7 +9,6 @@
 
 #pragma once
 
-#if defined(__x86_64__)
 #include <immintrin.h>
 
 /* exp(t) for t in [-87, 88], where 2^k stays a normal float; callers clamp. */
@@ -34,4 +33,3 @@ static inline bool has_avx2_and_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
-#endif

@@ -16,15 +16,17 @@ computes each as one primitive, with a vectorised exp:
 
 install() puts them in mlx-lm's Qwen3 layers, which look both functions up
 in mlx_lm.models.qwen3, for float32 arrays on the CPU; anything else goes to
-the functions they replace (two_streams' halves, or mlx-lm's own). The primitives are used only with the MLX version whose
-headers they were built against. NEXTTERM_MLX_PRIMITIVES=0 leaves mlx-lm's
-functions alone.
+the functions they replace (two_streams' halves, or mlx-lm's own). They are
+used on CPUs with AVX2 and FMA, and only with the MLX version whose headers
+they were built against. NEXTTERM_MLX_PRIMITIVES=0 leaves the functions
+they would replace alone.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import platform
 import sys
 from types import ModuleType
 from typing import Any, Callable, Optional
@@ -35,8 +37,8 @@ from mlx_lm.models import qwen3
 
 def _load() -> tuple[Optional[ModuleType], str]:
     """The compiled module, or None and why not."""
-    if not sys.platform.startswith("linux"):
-        return None, "built on Linux only"
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return None, "built on x86-64 Linux only"
     if os.environ.get("NEXTTERM_MLX_PRIMITIVES") == "0":
         return None, "disabled (NEXTTERM_MLX_PRIMITIVES=0)"
     try:
