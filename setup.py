@@ -40,9 +40,9 @@ def primitives_extension() -> list[Extension]:
     return [Extension(
         "nextterm_mlx._primitives",
         sources=["nextterm_mlx/_primitives.cpp", "nextterm_mlx/_swiglu.cpp", "nextterm_mlx/_attention.cpp",
-                 str(nanobind_dir / "src" / "nb_combined.cpp")],
+                 "nextterm_mlx/_nanobind.cpp"],
         depends=["nextterm_mlx/_vector_exp.h"],
-        include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(),
+        include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(), str(nanobind_dir / "src"),
                       str(nanobind_dir / "ext" / "robin_map" / "include")],
         library_dirs=[str(mlx_dir / "lib")],
         libraries=["mlx"],
