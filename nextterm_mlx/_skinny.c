@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* CBLAS's enum values, so this file needs no cblas.h. */
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
@@ -42,7 +43,7 @@ typedef void (*sgemv_fn)(int order, int trans, int m, int n, float alpha,
 
 static sgemm_fn blas_sgemm;
 static sgemv_fn blas_sgemv;
-static atomic_ulong skinny_calls, vector_calls, gemv_calls;
+static atomic_ulong skinny_calls, vector_calls, gemv_calls, read_aheads;
 
 /* How many products this library took, how many of those it computed on the
  * calling thread as one small vector-matrix product, how many it handed to
@@ -51,6 +52,8 @@ static atomic_ulong skinny_calls, vector_calls, gemv_calls;
 unsigned long nextterm_skinny_calls(void) { return atomic_load(&skinny_calls); }
 unsigned long nextterm_skinny_vector_calls(void) { return atomic_load(&vector_calls); }
 unsigned long nextterm_skinny_gemv_calls(void) { return atomic_load(&gemv_calls); }
+/* How many times a worker fetched the next product's first weights ahead. */
+unsigned long nextterm_skinny_read_aheads(void) { return atomic_load(&read_aheads); }
 int nextterm_skinny_max_rows(void) { return MAX_ROWS; }
 
 /* --- the kernel: c[m, n] = alpha * dot(a[m, :], w[n, :]) + beta * c[m, n] -------------- */
@@ -357,6 +360,87 @@ static void share(const Product *p, int index, int *first, int *last) {
   *last = end < p->cols ? end : p->cols;
 }
 
+/* --- reading ahead: between two products, the worker fetches the next one's weights ----- */
+
+/* A decode step multiplies by the same matrices in the same order every
+ * step, and between two products the calling thread does other work (norms,
+ * attention, MLX's bookkeeping: about a fifth of a step) while the worker
+ * waits and the memory bus idles. The worker spends that wait fetching the
+ * first rows of each thread's share of the product that came next the last
+ * time into its L2, as much as L2 holds (more is evicted before it is read).
+ * Measured on the 440M shape, two threads, alternating in one process: a
+ * compiled one-token step 108.7 instead of 113.9 ms (1 MB: 111.8, 4 MB:
+ * 113.9), a batch-32 step within noise.
+ *
+ * The table maps each product's weights to the product after it. A stale
+ * entry (weights since freed) costs nothing: a prefetch never faults. */
+#define SUCCESSOR_BITS 10
+#define SUCCESSOR_SLOTS (1 << SUCCESSOR_BITS)
+#define SUCCESSOR_PROBES 8
+
+typedef struct {
+  const float *after; /* the weights of the product before it */
+  const float *w;
+  int cols, depth, ldw;
+} Successor;
+
+static Successor successors[SUCCESSOR_SLOTS];
+static const float *previous_weights;
+static long read_ahead_bytes;
+
+static size_t successor_slot(const float *after) {
+  return (size_t)(((unsigned long)after >> 6) * 0x9E3779B97F4A7C15UL >> (64 - SUCCESSOR_BITS));
+}
+
+/* By the caller, holding pool_lock: p comes after the previous product. */
+static void remember_order(const Product *p) {
+  if (previous_weights != NULL) {
+    size_t slot = successor_slot(previous_weights);
+    for (int probe = 0; probe < SUCCESSOR_PROBES; ++probe) {
+      Successor *s = &successors[(slot + probe) % SUCCESSOR_SLOTS];
+      if (s->after == previous_weights || s->after == NULL || probe == SUCCESSOR_PROBES - 1) {
+        *s = (Successor){previous_weights, p->w, p->cols, p->depth, p->ldw};
+        break;
+      }
+    }
+  }
+  previous_weights = p->w;
+}
+
+/* By a worker, while the caller still holds pool_lock. */
+static int successor_of(const float *after, Successor *next) {
+  size_t slot = successor_slot(after);
+  for (int probe = 0; probe < SUCCESSOR_PROBES; ++probe) {
+    const Successor *s = &successors[(slot + probe) % SUCCESSOR_SLOTS];
+    if (s->after == after) {
+      *next = *s;
+      return 1;
+    }
+    if (s->after == NULL) return 0;
+  }
+  return 0;
+}
+
+/* A row of each thread's share in turn, until read_ahead_bytes are asked
+ * for or the caller starts another product. */
+static void read_ahead(const Successor *next, unsigned long seen) {
+  Product p = {.w = next->w, .cols = next->cols, .depth = next->depth, .ldw = next->ldw};
+  int firsts[MAX_THREADS], lasts[MAX_THREADS];
+  for (int t = 0; t < thread_count; ++t) share(&p, t, &firsts[t], &lasts[t]);
+  long row_bytes = (long)p.depth * sizeof(float), asked = 0;
+  for (int row = 0; asked < read_ahead_bytes; ++row) {
+    int any = 0;
+    for (int t = 0; t < thread_count && asked < read_ahead_bytes; ++t) {
+      if (firsts[t] + row >= lasts[t]) continue;
+      const char *start = (const char *)(p.w + (size_t)(firsts[t] + row) * p.ldw);
+      for (long b = 0; b < row_bytes; b += 64) __builtin_prefetch(start + b, 0, 2);
+      asked += row_bytes;
+      any = 1;
+    }
+    if (!any || atomic_load(&generation) != seen) return;
+  }
+}
+
 static void *worker_main(void *arg) {
   int index = (int)(long)arg;
   unsigned long seen = 0;
@@ -373,7 +457,11 @@ static void *worker_main(void *arg) {
     int first, last;
     share(current, index, &first, &last);
     columns(current, first, last);
-    atomic_fetch_sub(&pending, 1);
+    Successor next;
+    int reads_ahead = read_ahead_bytes > 0 && successor_of(current->w, &next);
+    if (reads_ahead) atomic_fetch_add(&read_aheads, 1);
+    atomic_fetch_sub(&pending, 1); /* current and the table may change from here on */
+    if (reads_ahead) read_ahead(&next, seen);
   }
   return NULL;
 }
@@ -406,6 +494,7 @@ static void run_product(const Product *p) {
     return;
   }
   pthread_once(&workers_started, start_workers);
+  remember_order(p);
   current = p;
   atomic_store(&pending, thread_count - 1);
   atomic_fetch_add(&generation, 1);
@@ -421,8 +510,9 @@ static void run_product(const Product *p) {
   pthread_mutex_unlock(&pool_lock);
 }
 
-/* Once only: the worker pool is sized by the first call. */
-void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads) {
+/* Once only: the worker pool is sized by the first call. `read_ahead`: 0
+ * keeps the workers from fetching the next product's weights between two. */
+void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads, int read_ahead) {
   if (blas_sgemm != NULL) return;
   blas_sgemm = sgemm;
   blas_sgemv = sgemv;
@@ -434,6 +524,8 @@ void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads) {
   }
 #endif
   thread_count = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+  long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  read_ahead_bytes = read_ahead ? (l2 > 0 ? l2 : 1L << 20) : 0;
 }
 
 /* --- the entry point MLX calls -------------------------------------------------------- */

@@ -15,6 +15,9 @@ one-vector products such as decoding's per-head attention itself, hands other
 one-vector products to OpenBLAS's sgemv and everything else to OpenBLAS's
 sgemm. It is loaded
 first so MLX's cblas_sgemm resolves to it. NEXTTERM_MLX_SKINNY=0 leaves it out.
+Between two products its worker fetches the next product's first weights into
+cache (a decode step multiplies by the same matrices in the same order every
+step); NEXTTERM_MLX_READ_AHEAD=0 turns that off.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def describe() -> str:
         return "Accelerate (macOS)"
     if loaded_blas and skinny_kernel is not None:
         rows = skinny_kernel.nextterm_skinny_max_rows()
-        return f"OpenBLAS ({loaded_blas}), products of up to {rows} rows by nextterm-mlx's kernel"
+        read_ahead = " (next weights read ahead)" if os.environ.get("NEXTTERM_MLX_READ_AHEAD") != "0" else ""
+        return f"OpenBLAS ({loaded_blas}), products of up to {rows} rows by nextterm-mlx's kernel{read_ahead}"
     if loaded_blas:
         return f"OpenBLAS ({loaded_blas}){_why_no_kernel()}"
     if os.environ.get("NEXTTERM_MLX_BLAS") == "0":
@@ -78,10 +82,12 @@ def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
         kernel = ctypes.CDLL(spec.origin, mode=ctypes.RTLD_LOCAL)
         # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
         kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv,
-                                    openblas.openblas_get_num_threads())
+                                    openblas.openblas_get_num_threads(),
+                                    os.environ.get("NEXTTERM_MLX_READ_AHEAD") != "0")
         kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_vector_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_gemv_calls.restype = ctypes.c_ulong
+        kernel.nextterm_skinny_read_aheads.restype = ctypes.c_ulong
         ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None

@@ -46,7 +46,8 @@ def test_the_skinny_kernel_is_loaded_with_openblas_and_can_be_disabled():
     if not HAS_OPENBLAS:
         pytest.skip("no system OpenBLAS to load")
     assert blas.skinny_kernel is not None, blas.describe()
-    assert blas.describe().endswith(f"products of up to {MAX_ROWS} rows by nextterm-mlx's kernel")
+    assert blas.describe().endswith(f"products of up to {MAX_ROWS} rows by nextterm-mlx's kernel (next weights read ahead)")
+    assert python(DESCRIBE, NEXTTERM_MLX_READ_AHEAD="0").endswith(f"{MAX_ROWS} rows by nextterm-mlx's kernel")
     assert "through its GEMM (NEXTTERM_MLX_SKINNY=0)" in python(DESCRIBE, NEXTTERM_MLX_SKINNY="0")
 
 
@@ -121,6 +122,25 @@ def test_skinny_products_go_through_the_kernel_and_match_numpy(product):
     assert kernel_calls() > before
     assert gemv_calls() == gemv_before
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
+
+
+READ_AHEADS = (
+    "import nextterm_mlx.blas as b, mlx.core as mx\n"
+    "pairs = [(mx.ones((1, 512)), mx.ones((512, 512))) for _ in range(2)]\n"
+    "for _ in range(3):\n"
+    "    for a, w in pairs:\n"
+    "        mx.eval(mx.matmul(a, w.T))\n"
+    "print(b.skinny_kernel.nextterm_skinny_read_aheads())"
+)
+
+
+@needs_kernel
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no worker to read ahead")
+def test_the_worker_reads_ahead_the_product_that_came_next_the_last_time_unless_told_not_to():
+    # Two threaded products in turn: from the second round on, each one's
+    # successor is known, so the worker fetches it ahead.
+    assert int(python(READ_AHEADS)) >= 4
+    assert int(python(READ_AHEADS, NEXTTERM_MLX_READ_AHEAD="0")) == 0
 
 
 # (a, b, where it is computed) of one vector times a matrix, in each layout
