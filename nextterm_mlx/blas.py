@@ -51,7 +51,8 @@ def describe() -> str:
         return "Accelerate (macOS)"
     if loaded_blas and skinny_kernel is not None:
         rows = skinny_kernel.nextterm_skinny_max_rows()
-        read_ahead = " (next weights read ahead)" if os.environ.get("NEXTTERM_MLX_READ_AHEAD") != "0" else ""
+        ahead = skinny_kernel.nextterm_skinny_read_ahead_bytes()
+        read_ahead = f" (next weights read ahead, {ahead / 2**20:g} MB)" if ahead else ""
         return f"OpenBLAS ({loaded_blas}), products of up to {rows} rows by nextterm-mlx's kernel{read_ahead}"
     if loaded_blas:
         return f"OpenBLAS ({loaded_blas}){_why_no_kernel()}"
@@ -88,6 +89,7 @@ def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
         kernel.nextterm_skinny_vector_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_gemv_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_read_aheads.restype = ctypes.c_ulong
+        kernel.nextterm_skinny_read_ahead_bytes.restype = ctypes.c_long
         ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None
