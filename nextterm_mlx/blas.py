@@ -17,7 +17,9 @@ sgemm. It is loaded
 first so MLX's cblas_sgemm resolves to it. NEXTTERM_MLX_SKINNY=0 leaves it out.
 Between two products its worker fetches the next product's first weights into
 cache (a decode step multiplies by the same matrices in the same order every
-step); NEXTTERM_MLX_READ_AHEAD=0 turns that off.
+step); NEXTTERM_MLX_READ_AHEAD=0 turns that off. On CPUs with AVX-512 it
+multiplies several rows with a wider kernel; NEXTTERM_MLX_AVX512=0 keeps them
+on the AVX2 one.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def describe() -> str:
     if loaded_blas and skinny_kernel is not None:
         rows = skinny_kernel.nextterm_skinny_max_rows()
         ahead = skinny_kernel.nextterm_skinny_read_ahead_bytes()
-        read_ahead = f" (next weights read ahead, {ahead / 2**20:g} MB)" if ahead else ""
-        return f"OpenBLAS ({loaded_blas}), products of up to {rows} rows by nextterm-mlx's kernel{read_ahead}"
+        notes = ["AVX-512 for several rows"] if skinny_kernel.nextterm_skinny_avx512() else []
+        notes += [f"next weights read ahead, {ahead / 2**20:g} MB"] if ahead else []
+        how = f" ({'; '.join(notes)})" if notes else ""
+        return f"OpenBLAS ({loaded_blas}), products of up to {rows} rows by nextterm-mlx's kernel{how}"
     if loaded_blas:
         return f"OpenBLAS ({loaded_blas}){_why_no_kernel()}"
     if os.environ.get("NEXTTERM_MLX_BLAS") == "0":
@@ -84,12 +88,14 @@ def _load_skinny_kernel(openblas: ctypes.CDLL) -> Optional[ctypes.CDLL]:
         # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
         kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv,
                                     openblas.openblas_get_num_threads(),
-                                    os.environ.get("NEXTTERM_MLX_READ_AHEAD") != "0")
+                                    os.environ.get("NEXTTERM_MLX_READ_AHEAD") != "0",
+                                    os.environ.get("NEXTTERM_MLX_AVX512") != "0")
         kernel.nextterm_skinny_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_vector_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_gemv_calls.restype = ctypes.c_ulong
         kernel.nextterm_skinny_read_aheads.restype = ctypes.c_ulong
         kernel.nextterm_skinny_read_ahead_bytes.restype = ctypes.c_long
+        kernel.nextterm_skinny_avx512.restype = ctypes.c_int
         ctypes.CDLL(spec.origin, mode=ctypes.RTLD_GLOBAL)
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None

@@ -47,7 +47,8 @@ def test_the_skinny_kernel_is_loaded_with_openblas_and_can_be_disabled():
         pytest.skip("no system OpenBLAS to load")
     assert blas.skinny_kernel is not None, blas.describe()
     assert f"products of up to {MAX_ROWS} rows by nextterm-mlx's kernel" in blas.describe()
-    assert python(DESCRIBE, NEXTTERM_MLX_READ_AHEAD="0").endswith(f"{MAX_ROWS} rows by nextterm-mlx's kernel")
+    bare = python(DESCRIBE, NEXTTERM_MLX_READ_AHEAD="0", NEXTTERM_MLX_AVX512="0")
+    assert bare.endswith(f"{MAX_ROWS} rows by nextterm-mlx's kernel")
     assert "through its GEMM (NEXTTERM_MLX_SKINNY=0)" in python(DESCRIBE, NEXTTERM_MLX_SKINNY="0")
 
 
@@ -92,13 +93,14 @@ def linear(rows: int, depth: int, outputs: int, seed: int):
 
 # (a, b) of products with few rows or one column, in each layout MLX hands to BLAS.
 # The Linear shapes cover odd row counts, a depth that is not a multiple of
-# the 8-float vectors and outputs that are not a multiple of the 4-row blocks;
-# the larger ones are split between threads.
+# the 8- and 16-float vectors and outputs that are not a multiple of the 4- and
+# 6-row blocks; the larger ones are split between threads.
 PRODUCTS = {
     "decode's Linear, one row": lambda: linear(1, 300, 70, 0),
     "three rows, ragged depth and outputs": lambda: linear(3, 301, 71, 2),
     "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
     "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
+    "two rows, ragged depth and outputs": lambda: linear(2, 1043, 1027, 28),
     "a batch of 32 sequences, the whole depth in one pass": lambda: linear(32, 1027, 515, 26),
     "as many rows as the kernel takes, threaded": lambda: linear(MAX_ROWS, 515, 1030, 24),
     "one row, threaded, ragged (about the 440M shape's down projection)": lambda: linear(1, 3071, 1027, 8),
@@ -138,11 +140,27 @@ READ_AHEADS = (
 def test_the_worker_reads_ahead_the_product_that_came_next_the_last_time_unless_told_not_to():
     if not blas.skinny_kernel.nextterm_skinny_read_ahead_bytes():
         pytest.skip("the kernel runs on one thread: no worker to read ahead")
-    assert "(next weights read ahead, " in blas.describe()
+    assert "next weights read ahead, " in blas.describe()
     # Two threaded products in turn: from the second round on, each one's
     # successor is known, so the worker fetches it ahead.
     assert int(python(READ_AHEADS)) >= 4
     assert int(python(READ_AHEADS, NEXTTERM_MLX_READ_AHEAD="0")) == 0
+
+
+@needs_kernel
+def test_several_rows_take_the_avx512_kernel_where_the_cpu_has_it_unless_told_not_to():
+    if not blas.skinny_kernel.nextterm_skinny_avx512():
+        pytest.skip("this CPU has no AVX-512 (or NEXTTERM_MLX_AVX512=0)")
+    assert "(AVX-512 for several rows; " in blas.describe()
+    assert "AVX-512" not in python(DESCRIBE, NEXTTERM_MLX_AVX512="0")
+    # The products above once more, on the AVX2 kernel.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_blas.py",
+         "-k", "skinny_products_go_through_the_kernel or addmm_scales"],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1], env={**os.environ, "NEXTTERM_MLX_AVX512": "0"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert f"{len(PRODUCTS) + 3} passed" in done.stdout
 
 
 # (a, b, where it is computed) of one vector times a matrix, in each layout
@@ -224,9 +242,10 @@ def test_products_with_many_rows_stay_with_openblas():
 @pytest.mark.parametrize("switches", [
     {"NEXTTERM_MLX_BLAS": "0"},
     {"NEXTTERM_MLX_SKINNY": "0"},
+    {"NEXTTERM_MLX_AVX512": "0"},
     {"NEXTTERM_MLX_PRIMITIVES": "0"},  # MLX's SwiGLU and attention, halved over two streams
     {"NEXTTERM_MLX_PRIMITIVES": "0", "NEXTTERM_MLX_TWO_STREAMS": "0"},
-], ids=["blas", "skinny", "primitives", "primitives-and-two-streams"])
+], ids=["blas", "skinny", "avx512", "primitives", "primitives-and-two-streams"])
 def test_reference_parity_holds_without_the_fast_paths(switches):
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reference_parity.py",
