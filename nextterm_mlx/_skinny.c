@@ -247,14 +247,14 @@ __attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, i
  * AVX2): the products of a batch are bound by the arithmetic, not by memory.
  * The weights' chunk (6 rows of WIDE_CHUNK floats, 12 KB) stays in L1 while
  * every group of input rows passes. The rows PREFETCH_BLOCKS blocks ahead are
- * asked into L2 a few lines per step, spread over all the groups: asked for
- * in one burst, during the first group, most of them were dropped. Measured
- * on the 440M shape's weights, two threads, alternating in one process: 32
- * rows of all 196 matrices took 234-273 ms against 324-357 with the AVX2
- * kernel (272-287 with the burst), 16 rows 155-160 against 181-192, 64 rows
- * 451 against 575, 2 and 8 rows the same either way; a batch-32 decode step
- * 416 against 518 ms. A one-row product is bound by memory and keeps the
- * one-row kernel. */
+ * asked into L2 a few lines per step, spread over all the groups, rather
+ * than in one burst during the first group (32 rows: 234 against 274 ms in
+ * one run, 284 against 287 in another). Measured on the 440M shape's
+ * weights, two threads, alternating in one process (medians of 5 rounds,
+ * 2026-11-30): all 196 matrices took 110 ms against 138 with the AVX2
+ * kernel at 16 rows, 196 against 256 at 32, 364 against 481 at 64, and
+ * 74-82 against 75-87 at 2 and 8 rows; a batch-32 decode step 280 against
+ * 349 ms. A one-row product is bound by memory and keeps the one-row kernel. */
 #define WIDE_INPUTS 4
 #define WIDE_WEIGHTS 6
 #define WIDE_CHUNK 512
@@ -274,7 +274,8 @@ INLINE float sum16(const v16 *v) {
 }
 
 /* Adds depths [from, to) (a multiple of 16) to the sums of WIDE_INPUTS input
- * rows against WIDE_WEIGHTS weight rows, and asks for lines [line, end_line)
+ * rows against WIDE_WEIGHTS weight rows (starting them at 0 when `from` is),
+ * and asks for lines [line, end_line)
  * of the rows `ahead` points to (line l: row l % WIDE_WEIGHTS, floats from
  * 16 * (l / WIDE_WEIGHTS) on), evenly over its steps. */
 INLINE void wide_block(const float *const a[WIDE_INPUTS], const float *const w[WIDE_WEIGHTS],
@@ -282,7 +283,7 @@ INLINE void wide_block(const float *const a[WIDE_INPUTS], const float *const w[W
                        const float *const ahead[WIDE_WEIGHTS], int line, int end_line) {
   v16 s[WIDE_INPUTS][WIDE_WEIGHTS];
   for (int i = 0; i < WIDE_INPUTS; ++i)
-    for (int j = 0; j < WIDE_WEIGHTS; ++j) s[i][j] = sums[i][j];
+    for (int j = 0; j < WIDE_WEIGHTS; ++j) s[i][j] = from == 0 ? (v16){0} : sums[i][j];
   int steps = (to - from) / 16;
   int lines_per_step = steps > 0 ? (end_line - line + steps - 1) / steps : 0;
   for (int k = from; k < to; k += 16) {
@@ -310,9 +311,9 @@ INLINE void wide_body(const Product *p, int first, int last) {
     const float *w[WIDE_WEIGHTS];
     for (int j = 0; j < WIDE_WEIGHTS; ++j) w[j] = p->w + (size_t)(n + (j < width ? j : 0)) * p->ldw;
     v16 sums[MAX_ROWS / WIDE_INPUTS][WIDE_INPUTS][WIDE_WEIGHTS];
-    memset(sums, 0, sizeof sums[0] * (size_t)groups);
     int has_ahead = n + (PREFETCH_BLOCKS + 1) * WIDE_WEIGHTS <= last;
-    for (int from = 0; from < vector_depth; from += WIDE_CHUNK) {
+    /* At least one pass, which starts the sums, when the depth is below one vector. */
+    for (int from = 0; from == 0 || from < vector_depth; from += WIDE_CHUNK) {
       int to = from + WIDE_CHUNK < vector_depth ? from + WIDE_CHUNK : vector_depth;
       const float *ahead[WIDE_WEIGHTS];
       for (int j = 0; j < WIDE_WEIGHTS; ++j)

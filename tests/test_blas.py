@@ -101,6 +101,7 @@ PRODUCTS = {
     "eight rows (verifying drafted tokens)": lambda: linear(8, 1024, 2048, 4),
     "sixteen rows, threaded": lambda: linear(16, 777, 1029, 6),
     "two rows, ragged depth and outputs": lambda: linear(2, 1043, 1027, 28),
+    "four rows, shallower than one vector": lambda: linear(4, 12, 70, 32),
     "a batch of 32 sequences, the whole depth in one pass": lambda: linear(32, 1027, 515, 26),
     "as many rows as the kernel takes, threaded": lambda: linear(MAX_ROWS, 515, 1030, 24),
     "one row, threaded, ragged (about the 440M shape's down projection)": lambda: linear(1, 3071, 1027, 8),
