@@ -97,14 +97,15 @@ typedef float v8 __attribute__((vector_size(32)));
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* A macro, not a function: a function returning a vector would have a
- * different ABI in the AVX2 and the generic kernel. */
-#define load8(p)                \
-  ({                            \
-    v8 loaded_;                 \
-    memcpy(&loaded_, (p), 32);  \
-    loaded_;                    \
+/* An unaligned load of a vector type. A macro, not a function: a function
+ * returning a vector would have a different ABI in each kernel. */
+#define load_as(type, p)                  \
+  ({                                      \
+    type loaded_;                         \
+    memcpy(&loaded_, (p), sizeof loaded_); \
+    loaded_;                              \
   })
+#define load8(p) load_as(v8, p)
 
 INLINE float sum8(const v8 *v) {
   return (((*v)[0] + (*v)[4]) + ((*v)[1] + (*v)[5])) + (((*v)[2] + (*v)[6]) + ((*v)[3] + (*v)[7]));
@@ -260,13 +261,7 @@ __attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, i
 #define WIDE_CHUNK 512
 
 typedef float v16 __attribute__((vector_size(64)));
-
-#define load16(p)               \
-  ({                            \
-    v16 loaded_;                \
-    memcpy(&loaded_, (p), 64);  \
-    loaded_;                    \
-  })
+#define load16(p) load_as(v16, p)
 
 INLINE float sum16(const v16 *v) {
   return ((((*v)[0] + (*v)[8]) + ((*v)[1] + (*v)[9])) + (((*v)[2] + (*v)[10]) + ((*v)[3] + (*v)[11]))) +
