@@ -116,6 +116,14 @@ INLINE void store(const Product *p, int m, int n, float dot) {
   *out = p->beta == 0.0f ? p->alpha * dot : p->alpha * dot + p->beta * *out;
 }
 
+/* Stores output (m, n) from the sum of its vectorised depths, adding the
+ * depths from `vector_depth` on, which no vector covered, one at a time. */
+INLINE void store_with_tail(const Product *p, int m, int n, float total, int vector_depth) {
+  const float *a = p->a + (size_t)m * p->lda, *w = p->w + (size_t)n * p->ldw;
+  for (int k = vector_depth; k < p->depth; ++k) total += a[k] * w[k];
+  store(p, m, n, total);
+}
+
 /* Adds one chunk of depth [from, to) (a multiple of 8) to the sums of
  * INPUT_BLOCK input rows against WEIGHT_BLOCK weight rows. Unless `ahead` is
  * NULL, it also asks for the same depths of the rows `ahead` points to, one
@@ -182,11 +190,7 @@ INLINE void one_row_body(const Product *p, int first, int last) {
       s2 += xv * load8(w2 + k), s3 += xv * load8(w3 + k);
     }
     float totals[ROW_BLOCK] = {sum8(&s0), sum8(&s1), sum8(&s2), sum8(&s3)};
-    for (int j = 0; j < ROW_BLOCK; ++j) {
-      const float *w = w0 + (size_t)j * p->ldw;
-      for (int k = vector_depth; k < p->depth; ++k) totals[j] += x[k] * w[k];
-      store(p, 0, n + j, totals[j]);
-    }
+    for (int j = 0; j < ROW_BLOCK; ++j) store_with_tail(p, 0, n + j, totals[j], vector_depth);
   }
   for (; n < last; ++n) store(p, 0, n, dot(x, p->w + (size_t)n * p->ldw, p->depth));
 }
@@ -221,14 +225,9 @@ INLINE void columns_body(const Product *p, int first, int last) {
         chunk_block(a, w, from, to, sums[m / INPUT_BLOCK], m == 0 && has_ahead ? ahead : NULL);
       }
     }
-    for (int m = 0; m < p->rows; ++m) {
-      const float *a = p->a + (size_t)m * p->lda;
-      for (int j = 0; j < WEIGHT_BLOCK; ++j) {
-        float total = sum8(&sums[m / INPUT_BLOCK][m % INPUT_BLOCK][j]);
-        for (int k = vector_depth; k < p->depth; ++k) total += a[k] * w[j][k];
-        store(p, m, n + j, total);
-      }
-    }
+    for (int m = 0; m < p->rows; ++m)
+      for (int j = 0; j < WEIGHT_BLOCK; ++j)
+        store_with_tail(p, m, n + j, sum8(&sums[m / INPUT_BLOCK][m % INPUT_BLOCK][j]), vector_depth);
   }
   for (; n < last; ++n)
     for (int m = 0; m < p->rows; ++m)
@@ -324,14 +323,9 @@ INLINE void wide_body(const Product *p, int first, int last) {
                    (int)((long)lines * (group + 1) / groups));
       }
     }
-    for (int m = 0; m < p->rows; ++m) {
-      const float *a = p->a + (size_t)m * p->lda;
-      for (int j = 0; j < width; ++j) {
-        float total = sum16(&sums[m / WIDE_INPUTS][m % WIDE_INPUTS][j]);
-        for (int k = vector_depth; k < p->depth; ++k) total += a[k] * w[j][k];
-        store(p, m, n + j, total);
-      }
-    }
+    for (int m = 0; m < p->rows; ++m)
+      for (int j = 0; j < width; ++j)
+        store_with_tail(p, m, n + j, sum16(&sums[m / WIDE_INPUTS][m % WIDE_INPUTS][j]), vector_depth);
   }
 }
 
