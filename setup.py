@@ -1,13 +1,14 @@
 """Build the compiled pieces for MLX's CPU backend on Linux:
 
-- the skinny-product kernel (nextterm_mlx/_skinny.c), in C;
-- on x86-64, MLX primitives in C++ for SwiGLU and attention, written for
-  AVX2 and FMA (nextterm_mlx/_primitives.cpp and the files it names), built against the MLX headers and nanobind that
-  pyproject.toml's build requirements bring.
+- the skinny-product kernel (nextterm_mlx/cpu/_skinny.c), in C;
+- on x86-64, MLX primitives in C++ for a Linear layer's product, SwiGLU and
+  attention, the last two written for AVX2 and FMA
+  (nextterm_mlx/cpu/_primitives.cpp and the files it names), built against
+  the MLX headers and nanobind that pyproject.toml's build requirements bring.
 
 Both are optional: where they cannot be built the install still succeeds,
-and decoding runs through OpenBLAS's GEMM (about 2-2.4x slower) and MLX's
-own operations. macOS uses Accelerate and Metal and needs neither.
+and the model runs on MLX's own operations (docs/cpu.md says what that
+costs). macOS uses Accelerate and Metal and needs neither.
 """
 
 import platform
@@ -19,8 +20,8 @@ from setuptools import Extension, setup
 
 def skinny_extension() -> Extension:
     return Extension(
-        "nextterm_mlx._skinny",
-        sources=["nextterm_mlx/_skinny.c"],
+        "nextterm_mlx.cpu._skinny",
+        sources=["nextterm_mlx/cpu/_skinny.c"],
         extra_compile_args=["-O3"],
         optional=True,
     )
@@ -38,10 +39,10 @@ def primitives_extension() -> list[Extension]:
     mlx_dir = Path(mlx.__path__[0])
     nanobind_dir = Path(nanobind.__file__).parent
     return [Extension(
-        "nextterm_mlx._primitives",
-        sources=["nextterm_mlx/_primitives.cpp", "nextterm_mlx/_swiglu.cpp", "nextterm_mlx/_attention.cpp",
-                 "nextterm_mlx/_nanobind.cpp"],
-        depends=["nextterm_mlx/_vector_exp.h"],
+        "nextterm_mlx.cpu._primitives",
+        sources=[f"nextterm_mlx/cpu/{name}" for name in
+                 ("_primitives.cpp", "_linear.cpp", "_swiglu.cpp", "_attention.cpp", "_nanobind.cpp")],
+        depends=["nextterm_mlx/cpu/_vector_exp.h"],
         include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(), str(nanobind_dir / "src"),
                       str(nanobind_dir / "ext" / "robin_map" / "include")],
         library_dirs=[str(mlx_dir / "lib")],

@@ -10,13 +10,20 @@ from typing import Optional
 
 import click
 
-from . import __version__, heap
+from . import __version__
 from .decode import DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
 from .loading import DTYPES
 from .sequence_files import FORMATS
 from .sequence_files import parse_terms as read_terms
+
+
+def keep_freed_memory() -> None:
+    if sys.platform.startswith("linux"):
+        from .cpu import heap, settings
+
+        heap.keep_freed_memory(settings.from_environment())
 
 # Users paste from papers and web pages: a typographic minus means minus.
 MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
@@ -371,7 +378,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; a user's mistake ends in one line on stderr and exit code 2."""
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)  # OEIS terms run to thousands of digits
-    heap.keep_freed_memory()
+    keep_freed_memory()
     try:
         cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
     except UserError as e:

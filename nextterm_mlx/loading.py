@@ -1,19 +1,22 @@
-"""Load a converted MLX folder with mlx-lm's loader, in the dtype to compute in."""
+"""Load a converted MLX folder into our model with mlx-lm's loader, in the
+dtype to compute in, with the kernels for the device it runs on."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx_lm.utils import dequantize_model, load_model
 
-from . import primitives, two_streams
 from .errors import UserError
+from .model import Kernels, Model, ModelArgs
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
+
+log = logging.getLogger("nextterm_mlx")
 
 
 def on_cpu() -> bool:
@@ -30,32 +33,40 @@ def default_compute_dtype(config: dict[str, Any]) -> Optional[str]:
     return stored if stored in DTYPES else None
 
 
+def kernels_for_this_device() -> Kernels:
+    """The Linux-CPU kernels where MLX computes on a Linux CPU, else MLX's own."""
+    if sys.platform.startswith("linux") and on_cpu():
+        from .cpu import settings
+        from .cpu.kernels import CPUKernels
+
+        return CPUKernels(settings.from_environment())
+    return Kernels()
+
+
 def load_mlx_folder(
     folder: Path, dtype: Optional[str] = None, keep_quantized: bool = False
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[Model, dict[str, Any]]:
     """The model in `folder` and its config, weights cast to `dtype` (None:
     the default for this device) and read into memory.
 
     Quantized weights are dequantized on a CPU, where MLX's quantized matmul
-    is scalar and 10-25x slower than float32, unless `keep_quantized`.
+    is scalar and several times slower than float32, unless `keep_quantized`.
     """
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     try:
-        model, config = load_model(folder, lazy=True)
+        model, config = load_model(folder, lazy=True, get_model_classes=lambda config: (Model, ModelArgs))
     except FileNotFoundError as e:
         raise UserError(f"{folder} is not a complete MLX model folder ({e}); convert the checkpoint again") from None
     if config.get("quantization") and on_cpu() and not keep_quantized:
         dtype = dtype or "float32"
-        print(f"nextterm-mlx: dequantizing the weights to {dtype} to run on the CPU, where quantized "
-              "matmul is slow (--keep-quantized to keep them)", file=sys.stderr)
+        log.info("dequantizing the weights to %s to run on the CPU, where quantized matmul is slow "
+                 "(--keep-quantized to keep them)", dtype)
         model.set_dtype(DTYPES[dtype])  # first, so that scale * q + bias is computed in `dtype`
         model = dequantize_model(model)
     dtype = dtype or default_compute_dtype(config)
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])
-    if on_cpu():
-        two_streams.install()
-        primitives.install()  # in front of the halves: they serve what it does not take
+    model.kernels = kernels_for_this_device()
     mx.eval(model.parameters())
     return model, config

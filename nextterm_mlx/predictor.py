@@ -57,7 +57,7 @@ class Predictor:
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
-        from . import blas, heap, primitives, two_streams
+        from .cpu import heap
 
         meta = read_meta(self.path) or {}
         compute_dtypes = sorted({str(p.dtype).removeprefix("mlx.core.") for _, p in tree_flatten(self.model.parameters())})
@@ -76,9 +76,7 @@ class Predictor:
             "source_meta": meta.get("source_meta"),
             "mlx_version": mx.__version__,
             "device": str(mx.default_device()),
-            "blas": blas.describe(),
-            "primitives": primitives.describe(),
-            "two_streams": two_streams.installed(),
+            **self.model.kernels.describe(),
             "heap_kept": heap.kept,
         }
 

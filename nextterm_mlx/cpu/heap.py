@@ -4,11 +4,11 @@ MLX's CPU backend allocates every operation's output with malloc and frees
 it when the array dies. glibc serves large blocks with fresh mmaps (from
 128 KB at start; its threshold then follows the sizes freed) and returns the
 top of its heap to the system, so a forward pass over a batch keeps faulting
-in zero-filled pages: perf showed 6-9% of a batch-32 prefill in the kernel
-clearing pages. Taking blocks of up to 32 MB from the heap, and keeping up
-to 1 GB free at its top, made a batch-32 eval here ~10% faster (64 prompts:
-31-34 s against 34-38 s, alternating runs) with the same peak memory (4.07
-against 4.03 GB); what the process freed stays mapped until it exits.
+in zero-filled pages, and the kernel spends a visible share of a batched
+forward pass clearing them. Taking blocks of up to 32 MB from the heap, and
+keeping up to 1 GB free at its top, avoids that at the same peak memory;
+what the process freed stays mapped until it exits (docs/cpu.md has the
+measurements).
 
 The command line and the benchmark's nextterm-mlx workers call
 keep_freed_memory(); a library user may. NEXTTERM_MLX_KEEP_HEAP=0 leaves
@@ -18,8 +18,9 @@ malloc as it is.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
+
+from .settings import Settings
 
 # mallopt's parameter numbers, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
@@ -32,12 +33,12 @@ FREE_HEAP_TOP_KEPT = 1 << 30
 kept = False
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(settings: Settings) -> bool:
     """Tune glibc's malloc as the module says; True if it now is."""
     global kept
     if kept:
         return True
-    if not sys.platform.startswith("linux") or os.environ.get("NEXTTERM_MLX_KEEP_HEAP") == "0":
+    if not sys.platform.startswith("linux") or not settings.keep_heap:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

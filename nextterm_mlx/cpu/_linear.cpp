@@ -1,0 +1,113 @@
+/*
+ * A Linear layer's product, x @ weight.T, as an MLX primitive for the CPU.
+ *
+ * MLX's CPU matmul calls whichever cblas_sgemm the process resolved when
+ * mlx.core was loaded: the wheel's reference BLAS, unless a faster one was
+ * put first in the global symbol scope before that. This primitive calls the
+ * product function whose address it is given instead (the skinny-product kernel, or
+ * OpenBLAS's cblas_sgemm, both loaded privately by nextterm_mlx/cpu/blas.py),
+ * so that the model's speed does not depend on what was imported first. It
+ * passes the very arguments MLX's matmul passes for x @ weight.T, so the
+ * numbers are the same as MLX's on the same BLAS.
+ */
+
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include <nanobind/nanobind.h>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/mlx.h"
+#include "mlx/primitives.h"
+
+namespace mx = mlx::core;
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+/* CBLAS's row-major layout and transposition flags. */
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+
+typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                         int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+class Linear : public mx::Primitive {
+ public:
+  Linear(mx::Stream stream, sgemm_fn product) : mx::Primitive(stream), product_(product) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
+    const mx::array &x = inputs[0], &weight = inputs[1];
+    mx::array &out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto &encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(x);
+    encoder.set_input_array(weight);
+    encoder.set_output_array(out);
+    int depth = x.shape(-1), outputs_per_row = weight.shape(0), rows = x.size() / depth;
+    encoder.dispatch([x = x.data<float>(), weight = weight.data<float>(), out = out.data<float>(), rows,
+                      outputs_per_row, depth, product = product_]() {
+      product(ROW_MAJOR, NO_TRANS, TRANS, rows, outputs_per_row, depth, 1.0f, x, depth, weight, depth, 0.0f, out,
+              outputs_per_row);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, std::vector<mx::array> &) override {
+    throw std::runtime_error("[linear] has no GPU implementation");
+  }
+
+  /* Gradients through MLX's own matmul, so that training through it works. */
+  std::vector<mx::array> vjp(const std::vector<mx::array> &primals, const std::vector<mx::array> &cotangents,
+                             const std::vector<int> &argnums, const std::vector<mx::array> &) override {
+    const mx::array &x = primals[0], &weight = primals[1], &cotangent = cotangents[0];
+    mx::Stream s = stream();
+    std::vector<mx::array> grads;
+    for (int arg : argnums) {
+      if (arg == 0) {
+        grads.push_back(mx::matmul(cotangent, weight, s));
+      } else {
+        int depth = x.shape(-1), outputs_per_row = weight.shape(0);
+        mx::array rows_of_x = mx::reshape(x, {-1, depth}, s);
+        mx::array rows_of_cotangent = mx::reshape(cotangent, {-1, outputs_per_row}, s);
+        grads.push_back(mx::matmul(mx::transpose(rows_of_cotangent, s), rows_of_x, s));
+      }
+    }
+    return grads;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+  const char *name() const override { return "Linear"; }
+  bool is_equivalent(const mx::Primitive &other) const override {
+    return product_ == static_cast<const Linear &>(other).product_;
+  }
+
+ private:
+  sgemm_fn product_;
+};
+
+mx::array linear(const mx::array &x, const mx::array &weight, uintptr_t product) {
+  if (product == 0) throw std::invalid_argument("[linear] needs the address of a product function");
+  if (x.dtype() != mx::float32 || weight.dtype() != mx::float32 || weight.ndim() != 2 || x.ndim() < 1 ||
+      x.shape(-1) != weight.shape(1) || x.size() == 0 || weight.size() == 0)
+    throw std::invalid_argument("[linear] takes float32 x (..., depth) and weight (outputs, depth)");
+  mx::Stream stream = mx::default_stream(mx::Device::cpu);
+  mx::Shape shape = x.shape();
+  shape.back() = weight.shape(0);
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, stream), mx::contiguous(weight, false, stream)};
+  return mx::array(shape, mx::float32, std::make_shared<Linear>(stream, reinterpret_cast<sgemm_fn>(product)),
+                   std::move(inputs));
+}
+
+}  // namespace
+
+void bind_linear(nb::module_ &m) {
+  m.def("linear", &linear, "x"_a, "weight"_a, "product"_a,
+        "x @ weight.T on the default CPU stream, for float32 arrays, computed by the cblas_sgemm-compatible "
+        "function at the address `product`.");
+}

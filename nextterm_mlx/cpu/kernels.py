@@ -1,0 +1,153 @@
+"""The operations the model hands to the CPU path, where they apply.
+
+The model (nextterm_mlx/model.py) calls its Linear products, SwiGLU,
+attention and rotary embedding through a Kernels object. CPUKernels routes
+each through the fastest piece that takes it and leaves the rest to MLX:
+
+- products of float32 Linear layers go to the primitive in _linear.cpp,
+  which calls the function blas.py chose (the skinny-product kernel in
+  front of OpenBLAS);
+- SwiGLU and attention in float32 go to the primitives in _swiglu.cpp and
+  _attention.cpp, which take one pass with a vectorised exp where MLX's
+  CPU backend runs a dozen small operations on one thread;
+- what those do not take is halved over two CPU streams (two_streams.py)
+  when there are enough rows for the second thread to pay;
+- the rotation is computed as tables once a forward pass and applied by
+  every layer, where MLX's CPU RoPE recomputes them in each layer.
+
+Each piece gives the same numbers as the MLX operation it stands in for:
+the products are the same BLAS calls MLX makes, the halves are independent
+parts of the whole, and the tables rotate with the same products and sums.
+SwiGLU and attention use their own exp, within a few ulps of the exact one.
+"""
+
+from __future__ import annotations
+
+import platform
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..model import Kernels
+from . import blas, two_streams
+from .settings import Settings
+
+
+def load_primitives(settings: Settings) -> tuple[Optional[ModuleType], str]:
+    """The compiled primitives, or None and why not."""
+    if platform.machine() != "x86_64":
+        return None, "built on x86-64 only"
+    if not settings.primitives:
+        return None, "disabled (NEXTTERM_MLX_PRIMITIVES=0)"
+    try:
+        from . import _primitives
+    except ImportError:
+        return None, "not built: reinstall nextterm-mlx on Linux where a C++ compiler is present"
+    if _primitives.built_against != mx.__version__:
+        # pip builds against the newest MLX unless told to use the installed one
+        return None, (f"built against MLX {_primitives.built_against}, not the installed {mx.__version__}: "
+                      f"install MLX {_primitives.built_against}, or reinstall nextterm-mlx with "
+                      "`pip install nanobind==3.1.0` and then `pip install --no-build-isolation`")
+    try:
+        _primitives.swiglu(mx.zeros(8), mx.zeros(8))
+    except TypeError:  # built with a nanobind whose ABI is not MLX's: it cannot take an mx.array
+        return None, "built with a nanobind whose ABI MLX's bindings do not share: reinstall nextterm-mlx"
+    return _primitives, ""
+
+
+class CPUKernels(Kernels):
+    """The model's operations on a Linux CPU, as the settings allow."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.primitives, why_no_primitives = load_primitives(settings)
+        products, why_no_products = blas.products(settings)
+        self.products = products if self.primitives is not None else None
+        self.vectorised = self.primitives is not None and self.primitives.vectorised
+        if self.products is not None:
+            self.products_described = products.description
+        elif products is not None:
+            self.products_described = f"MLX's own BLAS (nextterm-mlx's primitives: {why_no_primitives})"
+        else:
+            self.products_described = why_no_products
+        if self.vectorised:
+            self.primitives_described = "nextterm-mlx's SwiGLU and attention (float32)"
+        elif self.primitives is not None:
+            self.primitives_described = "MLX's (this CPU has no AVX2 and FMA, for which they are written)"
+        else:
+            self.primitives_described = f"MLX's ({why_no_primitives})"
+        self.halves = settings.two_streams
+
+    def linear(self, layer: nn.Module, x: mx.array) -> mx.array:
+        weight = layer.get("weight")
+        plain = type(layer) in (nn.Linear, nn.Embedding) and "bias" not in layer
+        if self.products is not None and plain and weight.dtype == mx.float32 and on_cpu_in_float32(x):
+            return self.primitives.linear(x, weight, self.products.address)
+        return super().linear(layer, x)
+
+    def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
+        if self.vectorised and gate.shape == x.shape and on_cpu_in_float32(gate, x):
+            return self.primitives.swiglu(gate, x)
+        if self.halves:
+            return two_streams.halved_swiglu(super().swiglu, gate, x)
+        return super().swiglu(gate, x)
+
+    def attention(self, queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
+                  mask: Any) -> mx.array:
+        if (self.vectorised and takes_mask(mask) and not hasattr(cache, "bits")
+                and on_cpu_in_float32(queries, keys, values)):
+            try:
+                if isinstance(mask, mx.array):
+                    return self.primitives.attention(queries, keys, values, scale, mask=mask)
+                return self.primitives.attention(queries, keys, values, scale, mask_mode=mask or "")
+            except ValueError:  # shapes it does not take, e.g. more queries than keys
+                pass
+        if self.halves:
+            return two_streams.halved_attention(super().attention, queries, keys, values, cache, scale, mask)
+        return super().attention(queries, keys, values, cache, scale, mask)
+
+    def rotation(self, rope: nn.Module, offset: Any, length: int, dtype: mx.Dtype) -> Callable[[mx.array], mx.array]:
+        per_row_offsets = isinstance(offset, mx.array) and offset.ndim > 0
+        if type(rope) is not nn.RoPE or rope.traditional or per_row_offsets or mx.default_device() != mx.cpu:
+            return super().rotation(rope, offset, length, dtype)
+        return rotation_from_tables(rope, offset, length, dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {"blas": self.products_described, "primitives": self.primitives_described,
+                "two_streams": self.halves}
+
+
+def on_cpu_in_float32(*arrays: mx.array) -> bool:
+    return mx.default_device().type == mx.DeviceType.cpu and all(a.dtype == mx.float32 for a in arrays)
+
+
+def takes_mask(mask: Any) -> bool:
+    if isinstance(mask, mx.array):
+        return mask.dtype in (mx.bool_, mx.float32)
+    return mask is None or mask == "causal"
+
+
+def rotation_from_tables(rope: nn.RoPE, offset: Any, length: int, dtype: mx.Dtype) -> Callable[[mx.array], mx.array]:
+    """RoPE for `length` positions from `offset`, from cosines and sines
+    computed once. RoPE applied to the basis vector [1, ..., 1, 0, ..., 0]
+    gives exactly the cosines (1 * cos - 0 * sin) and the sines (1 * sin +
+    0 * cos) it computes itself; x * [cos, cos] + swap_halves(x) * [-sin, sin]
+    then makes the same products and sums as x1 * cos - x2 * sin and
+    x1 * sin + x2 * cos (negating and swapping the terms of a sum round
+    alike), so the result is bit for bit RoPE's."""
+    half = rope.dims // 2
+    basis = mx.concatenate([mx.ones((1, 1, length, half), dtype), mx.zeros((1, 1, length, half), dtype)], axis=-1)
+    tables = rope(basis, offset=offset)
+    cos, sin = tables[..., :half], tables[..., half:]
+    cos, sin = mx.stack([cos, cos], axis=-2), mx.stack([-sin, sin], axis=-2)
+
+    def rotate(x: mx.array) -> mx.array:
+        *leading, dims = x.shape
+        if dims != rope.dims:
+            return rope(x, offset=offset)
+        halves = x.reshape(*leading, 2, dims // 2)
+        return (halves * cos + halves[..., ::-1, :] * sin).reshape(*leading, dims)
+
+    return rotate

@@ -1,0 +1,51 @@
+"""The switches of the Linux-CPU path, read from the environment once.
+
+Each is on unless its variable is "0"; docs/environment.md has the table.
+Tests and callers may pass their own Settings instead of the environment's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Compute products with the system OpenBLAS (else MLX's bundled BLAS).
+    blas: bool = True
+    # Products of a few rows through nextterm-mlx's kernel (else OpenBLAS's GEMM).
+    skinny: bool = True
+    # The kernel's workers fetch the next product's weights between two products.
+    read_ahead: bool = True
+    # The kernel multiplies several rows with its AVX-512 tile where the CPU has it.
+    avx512: bool = True
+    # nextterm-mlx's own SwiGLU and attention primitives.
+    primitives: bool = True
+    # SwiGLU and attention the primitives do not take, halved over two CPU streams.
+    two_streams: bool = True
+    # glibc keeps freed memory for the next operation (the command line only).
+    keep_heap: bool = True
+
+
+VARIABLES = {
+    "blas": "NEXTTERM_MLX_BLAS",
+    "skinny": "NEXTTERM_MLX_SKINNY",
+    "read_ahead": "NEXTTERM_MLX_READ_AHEAD",
+    "avx512": "NEXTTERM_MLX_AVX512",
+    "primitives": "NEXTTERM_MLX_PRIMITIVES",
+    "two_streams": "NEXTTERM_MLX_TWO_STREAMS",
+    "keep_heap": "NEXTTERM_MLX_KEEP_HEAP",
+}
+
+
+@lru_cache(maxsize=None)
+def from_environment() -> Settings:
+    """The settings the environment asks for, read on the first call only."""
+    return Settings(**{f.name: os.environ.get(VARIABLES[f.name], "1") != "0" for f in fields(Settings)})
+
+
+def switched_off(settings: Settings, name: str) -> str:
+    """How to say that a switch is off, naming its variable."""
+    return f"{VARIABLES[name]}=0" if not getattr(settings, name) else ""

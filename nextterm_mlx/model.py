@@ -1,0 +1,162 @@
+"""NextTerm's model: the Qwen3 forward pass, with mlx-lm's parameter names.
+
+It computes what mlx_lm.models.qwen3 computes, and a converted folder loads
+in either. The difference is that its Linear products, SwiGLU, attention
+and rotary embedding go through a Kernels object: MLX's own operations by
+default, the Linux-CPU pieces (nextterm_mlx/cpu) where the loader chose
+them. The rotation is made once a forward pass, for the positions the cache
+says, and handed to every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.activations import swiglu
+from mlx_lm.models.base import BaseModelArgs, create_attention_mask, scaled_dot_product_attention
+from mlx_lm.models.rope_utils import initialize_rope
+
+Rotation = Callable[[mx.array], mx.array]
+
+
+class Kernels:
+    """The operations the forward pass delegates, as MLX computes them."""
+
+    def linear(self, layer: nn.Module, x: mx.array) -> mx.array:
+        """x through a Linear layer, or an Embedding used as the output head."""
+        return layer.as_linear(x) if isinstance(layer, nn.Embedding) else layer(x)
+
+    def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
+        return swiglu(gate, x)
+
+    def attention(self, queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
+                  mask: Any) -> mx.array:
+        return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)
+
+    def rotation(self, rope: nn.Module, offset: Any, length: int, dtype: mx.Dtype) -> Rotation:
+        """The rotation of `length` positions from `offset`, for every layer."""
+        return lambda x: rope(x, offset=offset)
+
+    def describe(self) -> dict[str, Any]:
+        return {"blas": "MLX's own", "primitives": "MLX's", "two_streams": False}
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    rms_norm_eps: float
+    vocab_size: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    head_dim: int
+    tie_word_embeddings: bool
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict[str, Any]] = None
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim, head_dim = args.hidden_size, args.head_dim
+        self.n_heads = args.num_attention_heads
+        self.n_kv_heads = args.num_key_value_heads
+        self.scale = head_dim**-0.5
+        self.q_proj = nn.Linear(dim, self.n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * head_dim, dim, bias=False)
+        self.q_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
+        self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, rotate: Rotation, mask: Any, cache: Any, kernels: Kernels) -> mx.array:
+        B, L, _ = x.shape
+        queries = kernels.linear(self.q_proj, x).reshape(B, L, self.n_heads, -1)
+        keys = kernels.linear(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1)
+        values = kernels.linear(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        queries = rotate(self.q_norm(queries).transpose(0, 2, 1, 3))
+        keys = rotate(self.k_norm(keys).transpose(0, 2, 1, 3))
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        output = kernels.attention(queries, keys, values, cache, self.scale, mask)
+        return kernels.linear(self.o_proj, output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
+
+    def __call__(self, x: mx.array, kernels: Kernels) -> mx.array:
+        hidden = kernels.swiglu(kernels.linear(self.gate_proj, x), kernels.linear(self.up_proj, x))
+        return kernels.linear(self.down_proj, hidden)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args.hidden_size, args.intermediate_size)
+        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, rotate: Rotation, mask: Any, cache: Any, kernels: Kernels) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), rotate, mask, cache, kernels)
+        return h + self.mlp(self.post_attention_layernorm(h), kernels)
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, inputs: mx.array, rotate: Rotation, cache: list[Any], kernels: Kernels) -> mx.array:
+        h = self.embed_tokens(inputs)
+        mask = create_attention_mask(h, cache[0])
+        for layer, layer_cache in zip(self.layers, cache):
+            h = layer(h, rotate, mask, layer_cache, kernels)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    """Qwen3 for causal LM; called as mlx-lm's models are, model(inputs, cache)."""
+
+    def __init__(self, args: ModelArgs, kernels: Optional[Kernels] = None):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = Qwen3Model(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        # Every layer rotates alike: one RoPE serves them all (it has no parameters).
+        self.rope = initialize_rope(args.head_dim, base=args.rope_theta, traditional=False,
+                                    scaling_config=args.rope_scaling,
+                                    max_position_embeddings=args.max_position_embeddings)
+        self.kernels = kernels or Kernels()
+
+    def __call__(self, inputs: mx.array, cache: Optional[list[Any]] = None) -> mx.array:
+        cache = cache if cache is not None else [None] * len(self.layers)
+        offset = cache[0].offset if cache[0] is not None else 0
+        rotate = self.kernels.rotation(self.rope, offset, inputs.shape[1], self.model.embed_tokens.weight.dtype)
+        h = self.model(inputs, rotate, cache, self.kernels)
+        head = self.model.embed_tokens if self.args.tie_word_embeddings else self.lm_head
+        return self.kernels.linear(head, h)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        if self.args.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+        return weights
+
+    @property
+    def layers(self) -> list[TransformerBlock]:
+        return self.model.layers
