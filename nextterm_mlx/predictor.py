@@ -57,8 +57,6 @@ class Predictor:
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
-        from .cpu import heap
-
         meta = read_meta(self.path) or {}
         compute_dtypes = sorted({str(p.dtype).removeprefix("mlx.core.") for _, p in tree_flatten(self.model.parameters())})
         architecture_keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -77,7 +75,7 @@ class Predictor:
             "mlx_version": mx.__version__,
             "device": str(mx.default_device()),
             **self.model.kernels.describe(),
-            "heap_kept": heap.kept,
+            "heap_kept": heap_kept(),
         }
 
     def predict(self, terms: Sequence[int], strict: bool = False) -> Prediction:
@@ -147,6 +145,15 @@ class Predictor:
             print(f"nextterm-mlx: warning: the sequence is {len(prompt)} tokens long, more than the "
                   f"{TRAINING_CONTEXT} NextTerm-440M was trained on; predictions may be poor", file=sys.stderr)
         return prompt
+
+
+def heap_kept() -> bool:
+    """Whether this process keeps freed memory in glibc's heap (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    from .cpu import heap
+
+    return heap.kept
 
 
 def check_terms(terms: Sequence[int]) -> list[int]:

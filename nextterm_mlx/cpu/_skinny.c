@@ -1,21 +1,23 @@
 /*
- * Skinny matrix products for MLX's CPU backend: a few rows times a weight matrix.
+ * Skinny matrix products for the model's Linear layers on a Linux CPU: a few
+ * rows times a weight matrix.
  *
- * MLX computes every float32 matmul with cblas_sgemm. Decoding multiplies
- * one token (or a few: a small batch, or drafted tokens to verify) by each
- * weight matrix, and OpenBLAS 0.3.21 (Debian 12's) still packs the weights
- * into GEMM panels for that: it reads them at about a quarter of the memory
- * bandwidth, whether there are 1 or 8 rows. Such a product only has to
+ * Decoding multiplies one token (or a few: a small batch, or drafted tokens
+ * to verify) by each weight matrix, and OpenBLAS 0.3.21 (Debian 12's) still
+ * packs the weights into GEMM panels for that: it reads them at a fraction of
+ * the memory bandwidth, whether there are 1 or 8 rows. Such a product only has to
  * stream the weights once: a Linear layer on 1 to 64 rows goes to the kernel
  * below, which does that with every core. One vector times a small matrix
  * (attention over the KV cache, one head at a time) is computed here on the
  * calling thread; other one-vector products go to OpenBLAS's sgemv.
  *
- * nextterm_mlx/blas.py loads this library with RTLD_GLOBAL before OpenBLAS,
- * so MLX's cblas_sgemm resolves here, and hands over OpenBLAS's sgemm and
- * sgemv for everything else. It is built as a Python extension only so that
- * pip compiles it; Python never imports it (it has no module init), ctypes
- * loads it.
+ * nextterm_mlx/cpu/blas.py loads this library and OpenBLAS privately (no
+ * symbol of either enters the process's global scope) and hands over
+ * OpenBLAS's sgemm and sgemv for what the kernel does not compute itself;
+ * cblas_sgemm below is a drop-in for OpenBLAS's, and the Linear primitive
+ * (_linear.cpp) calls it by address. It is built as a Python extension only
+ * so that pip compiles it; Python never imports it (it has no module init),
+ * ctypes loads it.
  */
 
 #include <pthread.h>
@@ -29,8 +31,7 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
 /* Products with up to this many rows take the kernel; beyond it, reusing
  * each weight for many rows is what matters, and OpenBLAS's GEMM does that
- * (measured here on the 440M shape's weights, two threads: 64 rows took
- * 405 ms in the kernel against 487 ms in OpenBLAS, 32 rows 254 against 314). */
+ * (docs/cpu.md has the measurements behind this file's constants). */
 #define MAX_ROWS 64
 #define MAX_THREADS 64
 
@@ -71,15 +72,10 @@ typedef float v8 __attribute__((vector_size(32)));
 /* Weight rows and input rows per micro-kernel step (12 accumulators, 7
  * loads per 12 multiply-adds), and the depth of a chunk: the block's
  * weights for one chunk (3 KB) stay in L1 while every input row passes, and
- * so do the chunks of up to CHUNKED_ROWS input rows (measured on the 440M
- * shape's weights, two threads: 4 to 16 rows took 10-15% less time than
- * with 512-deep chunks). Beyond that the input rows' chunks fill L1 anyway,
- * and a block goes through its whole depth in one pass: the weight rows
- * stay in L1 and the input rows stream from L2, with no partial sums to
- * store and reload at every chunk. Measured on the 440M shape's weights,
- * two threads, alternating in one process: 24 rows took 159 ms instead of
- * 170, 32 rows 204 instead of 233, 64 rows 389 instead of 433; 12 and 16
- * rows the same either way. */
+ * so do the chunks of up to CHUNKED_ROWS input rows. Beyond that the input
+ * rows' chunks fill L1 anyway, and a block goes through its whole depth in
+ * one pass: the weight rows stay in L1 and the input rows stream from L2,
+ * with no partial sums to store and reload at every chunk. */
 #define WEIGHT_BLOCK 3
 #define INPUT_BLOCK 4
 #define CHUNK 256
@@ -87,12 +83,9 @@ typedef float v8 __attribute__((vector_size(32)));
 
 /* How many blocks ahead the kernel prefetches the weights. A weight row of
  * the 440M model is 1024 floats, one 4 KB page, and the hardware prefetcher
- * does not cross pages, so it starts over at every row. Measured on the 440M
- * shape's weights, two threads: 2 rows took 52-65 ms instead of 78-83, 8 rows
- * 70-89 instead of 88-116, 32 rows 214-236 instead of 236-249, with the rows
- * two blocks ahead prefetched into L2 rather than the next chunk into L1.
- * Into L1 at the same distance gained nothing; 3 to 6 blocks ahead, as much
- * as 2. */
+ * does not cross pages, so it starts over at every row. Prefetching the rows
+ * two blocks ahead into L2 beats the next chunk into L1; into L1 at the same
+ * distance gains nothing, and further ahead no more than two. */
 #define PREFETCH_BLOCKS 2
 
 #define INLINE static inline __attribute__((always_inline))
@@ -168,10 +161,8 @@ INLINE float dot(const float *a, const float *w, int depth) {
 
 /* columns_body for one input row (a decode step of one sequence): a dot
  * product per output, the input row in L1, the weight rows PREFETCH_BLOCKS
- * blocks ahead prefetched into L2, as in the multi-row kernel. Measured on
- * the 440M shape's weights, the 196 products of a decode step took 70-71 ms
- * against 79-80 ms in OpenBLAS's sgemv (alternating in one process); without
- * the prefetch, 92 ms. */
+ * blocks ahead prefetched into L2, as in the multi-row kernel: it streams
+ * the weights faster than OpenBLAS's sgemv. */
 INLINE void one_row_body(const Product *p, int first, int last) {
   const float *x = p->a;
   int vector_depth = p->depth / 8 * 8;
@@ -248,13 +239,8 @@ __attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, i
  * The weights' chunk (6 rows of WIDE_CHUNK floats, 12 KB) stays in L1 while
  * every group of input rows passes. The rows PREFETCH_BLOCKS blocks ahead are
  * asked into L2 a few lines per step, spread over all the groups, rather
- * than in one burst during the first group (32 rows: 234 against 274 ms in
- * one run, 284 against 287 in another). Measured on the 440M shape's
- * weights, two threads, alternating in one process (medians of 5 rounds,
- * 2026-11-30): all 196 matrices took 110 ms against 138 with the AVX2
- * kernel at 16 rows, 196 against 256 at 32, 364 against 481 at 64, and
- * 74-82 against 75-87 at 2 and 8 rows; a batch-32 decode step 280 against
- * 349 ms. A one-row product is bound by memory and keeps the one-row kernel. */
+ * than in one burst during the first group. A one-row product is bound by
+ * memory and keeps the one-row kernel. */
 #define WIDE_INPUTS 4
 #define WIDE_WEIGHTS 6
 #define WIDE_CHUNK 512
@@ -421,7 +407,7 @@ static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 /* Within a forward pass the products come every few tens of microseconds:
  * a worker spins this long before it sleeps, so it is awake for the next
- * one. Longer spins cost more than they save here: the spinning worker
+ * one. Longer spins cost more than they save: the spinning worker
  * takes a core from the thread building the next step's graph. */
 #define SPIN_NANOSECONDS 100000L
 
@@ -461,14 +447,11 @@ static void share(const Product *p, int index, int *first, int *last) {
 
 /* A decode step multiplies by the same matrices in the same order every
  * step, and between two products the calling thread does other work (norms,
- * attention, MLX's bookkeeping: about a fifth of a step) while the worker
- * waits and the memory bus idles. The worker spends that wait fetching into
+ * attention, MLX's bookkeeping) while the worker waits and the memory bus
+ * idles. The worker spends that wait fetching into
  * its L2 the first rows of its own share and of the caller's share of the
  * product that came next the last time (the caller then reads its rows from
  * this core's cache), as much as L2 holds: more is evicted before it is read.
- * Measured on the 440M shape, two threads, alternating in one process: a
- * compiled one-token step 108.7 instead of 113.9 ms (1 MB: 111.8, 4 MB:
- * 113.9), a batch-32 step within noise.
  *
  * The table maps each product's weights to the product after it. A stale
  * entry (weights since freed) costs at most a wasted fetch: a prefetch

@@ -1,10 +1,9 @@
 /*
  * exp of eight floats at once, for the primitives in _swiglu.cpp and
  * _attention.cpp. MLX's Linux wheel is built for baseline x86-64: its exp
- * takes one element at a time and calls libm's fmaf for each multiply-add,
- * about 13 ns an element here. This is Cephes' expf (range reduction by
- * ln 2, a degree-5 polynomial, the exponent set by integer arithmetic) with
- * AVX2 and FMA.
+ * takes one element at a time and calls libm's fmaf for each multiply-add.
+ * This is Cephes' expf (range reduction by ln 2, a degree-5 polynomial, the
+ * exponent set by integer arithmetic) with AVX2 and FMA.
  */
 
 #pragma once
