@@ -119,14 +119,21 @@ def resolve_folder(variant: Variant, path: Path) -> Path:
     return convert_local_checkpoint(variant, path.resolve())
 
 
+# What conversion reads from a checkpoint folder: its config and meta (JSON)
+# and its weights. Anything else there, such as a README or the .DS_Store a
+# Finder window leaves, does not make it another checkpoint.
+CHECKPOINT_FILES = ("*.json", "*.safetensors")
+
+
 def convert_local_checkpoint(variant: Variant, folder: Path) -> Path:
-    """A local HF folder's cache entry, keyed by its path and its files'
-    sizes and times, so an edited checkpoint is converted again."""
+    """A local HF folder's cache entry, keyed by its path and the sizes and
+    times of the files conversion reads, so an edited checkpoint is
+    converted again."""
     fingerprint = hashlib.sha256(str(folder).encode())
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            stat = f.stat()
-            fingerprint.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    read = sorted({f for pattern in CHECKPOINT_FILES for f in folder.glob(pattern) if f.is_file()})
+    for f in read:
+        stat = f.stat()
+        fingerprint.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     key = variant.key("local", folder.name, fingerprint.hexdigest()[:16])
     return variant.convert(key, folder, {"path": str(folder)})
 
