@@ -8,6 +8,14 @@
 
 __version__ = "0.1.0"
 
+import os
+
+# MLX otherwise computes float32 products as TF32 on newer Apple GPUs and on
+# CUDA, which is not the float32 the answers are checked against. MLX reads
+# the switch at its first product, so it is set before any can run; a value
+# the user set is kept.
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
+
 from .decode import Prediction
 from .errors import UserError
 from .predictor import Predictor, load
