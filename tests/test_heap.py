@@ -1,5 +1,6 @@
-"""keep_freed_memory(), checked by glibc's own accounting in a fresh process:
-mallinfo2's hblks counts the blocks malloc serves with their own mmap."""
+"""keep_freed_memory() (nextterm_mlx/cpu/heap.py), checked by glibc's own
+accounting: mallinfo2's hblks counts the blocks malloc serves with their own
+mmap. Each check runs in a fresh process, since tuning malloc is for good."""
 
 import json
 import os
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # one a fresh process starts with) and reports how many blocks are mmapped while it lives.
 MMAPPED_BLOCKS = """
 import ctypes, json, sys
-from nextterm_mlx import heap
+from nextterm_mlx.cpu import heap
+from nextterm_mlx.cpu.settings import Settings
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -24,7 +26,8 @@ libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = MallInfo2
-tuned = heap.keep_freed_memory() if sys.argv[1] == "tune" else False
+mode = sys.argv[1]
+tuned = False if mode == "plain" else heap.keep_freed_memory(Settings(keep_heap=mode == "tune"))
 before = libc.mallinfo2().hblks
 block = libc.malloc(24 << 20)
 during = libc.mallinfo2().hblks
@@ -33,9 +36,8 @@ print(json.dumps({"tuned": tuned, "kept": heap.kept, "new_mmapped_blocks": durin
 """
 
 
-def mmapped_blocks(mode: str, **env: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", MMAPPED_BLOCKS, mode], capture_output=True, text=True,
-                          env={**os.environ, **env}, check=True)
+def mmapped_blocks(mode: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", MMAPPED_BLOCKS, mode], capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
 
@@ -48,14 +50,19 @@ def test_tuned_malloc_takes_a_large_block_from_the_heap():
     assert mmapped_blocks("tune") == {"tuned": True, "kept": True, "new_mmapped_blocks": 0}
 
 
-def test_the_switch_leaves_malloc_alone():
-    assert mmapped_blocks("tune", NEXTTERM_MLX_KEEP_HEAP="0") == {"tuned": False, "kept": False,
-                                                                  "new_mmapped_blocks": 1}
+def test_the_setting_leaves_malloc_alone():
+    assert mmapped_blocks("keep_heap=False") == {"tuned": False, "kept": False, "new_mmapped_blocks": 1}
 
 
-def test_the_command_line_keeps_freed_memory(tmp_path):
-    """`info` runs in the process main() tuned, and says so."""
+def info(tmp_path, **env: str) -> dict:
     code = ("import sys; from nextterm_mlx.cli import main; "
             "sys.argv = ['nextterm-mlx', 'info', '--model', 'tiny', '--cache-dir', sys.argv[1], '--json']; main()")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout)["heap_kept"] is True
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env})
+    return json.loads(done.stdout)
+
+
+def test_the_command_line_keeps_freed_memory_unless_told_not_to(tmp_path):
+    """`info` runs in the process main() tuned as the environment says, and says so."""
+    assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="1")["heap_kept"] is True
+    assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="0")["heap_kept"] is False

@@ -1,33 +1,208 @@
-"""nextterm-mlx's MLX primitives, SwiGLU and attention: built on x86-64 Linux and
-used by a loaded model, close to the same functions computed in float64 by
-numpy, the same under mx.compile and on any stream, differentiable, and out
-of the way for inputs they do not take. The reference parity with them
-switched off is in test_blas.py."""
+"""nextterm-mlx's MLX primitives for the CPU (nextterm_mlx/cpu/_primitives.cpp):
+a Linear layer's product, SwiGLU and attention. Built on x86-64 Linux,
+switched off by the settings and used by a loaded model through its
+CPUKernels; the Linear product is bit for bit the product function called
+as MLX calls it, SwiGLU and attention close to the same functions computed
+in float64 by numpy; all three the same under mx.compile and on any stream,
+differentiable, and out of the way for inputs they do not take. Which
+product function the Linear primitive calls, and the reference parity with
+the primitives switched off, are in test_blas.py."""
 
 from __future__ import annotations
 
-import os
+import ctypes
 import platform
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
-from mlx_lm.models.base import scaled_dot_product_attention as mlx_lm_attention
 
 import nextterm_mlx
 from conftest import FIXTURES
-from nextterm_mlx import primitives
+from nextterm_mlx.cpu import blas
+from nextterm_mlx.cpu.kernels import CPUKernels, load_primitives
+from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.model import Kernels
 
-needs_primitives = pytest.mark.skipif(primitives.compiled is None, reason=primitives.why)
+PRIMITIVES, WHY_NOT = load_primitives(Settings())
+needs_primitives = pytest.mark.skipif(PRIMITIVES is None, reason=WHY_NOT)
+vectorised = pytest.mark.skipif(PRIMITIVES is None or not PRIMITIVES.vectorised,
+                                reason=WHY_NOT or "this CPU has no AVX2 and FMA, for which SwiGLU and attention "
+                                                  "are written")
+PRODUCTS = blas.products(Settings())[0]
+needs_products = pytest.mark.skipif(PRIMITIVES is None or PRODUCTS is None,
+                                    reason=WHY_NOT or "no product function (OpenBLAS) to hand the Linear primitive")
+
+# MLX's own operations: what the primitives stand in for.
+MLX = Kernels()
 
 
 def random(shape, seed, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
 
+
+def not_to_be_called(*args, **kwargs):
+    raise AssertionError("a primitive was called")
+
+
+def test_the_primitives_are_built_on_linux_and_can_be_switched_off():
+    off = "disabled (NEXTTERM_MLX_PRIMITIVES=0)"
+    assert load_primitives(Settings(primitives=False)) == (None, off)
+    kernels = CPUKernels(Settings(primitives=False))
+    assert kernels.primitives is None and not kernels.vectorised
+    assert kernels.describe()["primitives"] == f"MLX's ({off})"
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        pytest.skip("built on x86-64 Linux only")
+    assert PRIMITIVES is not None, WHY_NOT
+    assert PRIMITIVES.built_against == mx.__version__
+    if PRIMITIVES.vectorised:
+        assert CPUKernels(Settings()).describe()["primitives"] == "nextterm-mlx's SwiGLU and attention (float32)"
+
+
+def counting(primitives, calls: list):
+    """`primitives` with linear, swiglu and attention recording each call's name."""
+
+    def counted(name):
+        function = getattr(primitives, name)
+
+        def call(*args, **kwargs):
+            calls.append((name, args[2] if name == "linear" else None))
+            return function(*args, **kwargs)
+
+        return call
+
+    return SimpleNamespace(**{name: counted(name) for name in ("linear", "swiglu", "attention")})
+
+
+@needs_products
+@vectorised
+@pytest.mark.parametrize("name", ["untied-v4", "tied-v5"])  # the head a Linear layer, or the embedding
+def test_a_loaded_model_goes_through_the_primitives(name):
+    model = nextterm_mlx.load(FIXTURES / name, dtype="float32").model
+    kernels = model.kernels
+    assert isinstance(kernels, CPUKernels) and kernels.primitives is not None
+    calls = []
+    kernels.primitives = counting(kernels.primitives, calls)
+    mx.eval(model(mx.array([[3, 4, 5, 11, 6]])))
+    layers = len(model.layers)
+    # Per layer: the query, key, value and output projections, gate, up and
+    # down; SwiGLU; attention. Then the head.
+    assert sorted(call for call, _ in calls) == ["attention"] * layers + ["linear"] * (7 * layers + 1) + [
+        "swiglu"] * layers
+    assert {address for call, address in calls if call == "linear"} == {kernels.products.address}
+
+
+# --- Linear ---------------------------------------------------------------------------------
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                         ctypes.c_float, ctypes.c_void_p, ctypes.c_int)
+
+
+def product_as_mlx_calls_it(address: int, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T by the function at `address`, with the arguments MLX's
+    matmul passes for it: row-major, x as it lies, the weight transposed."""
+    rows, depth = x.reshape(-1, x.shape[-1]).shape
+    outputs = weight.shape[0]
+    out = np.empty((rows, outputs), np.float32)
+    SGEMM(address)(ROW_MAJOR, NO_TRANS, TRANS, rows, outputs, depth, 1.0, x.ctypes.data, depth, weight.ctypes.data,
+                   depth, 0.0, out.ctypes.data, outputs)
+    return out.reshape(*x.shape[:-1], outputs)
+
+
+def product_functions():
+    """The kernel in front of OpenBLAS, and OpenBLAS's own sgemm."""
+    functions = {"openblas": blas.products(Settings(skinny=False))[0].address}
+    if PRODUCTS.kernel is not None:
+        functions["kernel"] = PRODUCTS.address
+    return functions
+
+
+@needs_products
+@pytest.mark.parametrize("x_shape, outputs", [((1, 300), 70), ((1, 3071), 1027), ((5, 301), 71),
+                                              ((2, 3, 40), 17), ((100, 64), 33)])
+def test_linear_is_bit_for_bit_the_product_function_called_as_mlx_calls_it(x_shape, outputs):
+    x, weight = random(x_shape, 1), random((outputs, x_shape[-1]), 2)
+    for through, address in product_functions().items():
+        got = PRIMITIVES.linear(mx.array(x), mx.array(weight), address)
+        assert got.shape == (*x_shape[:-1], outputs)
+        assert np.array_equal(np.array(got), product_as_mlx_calls_it(address, x, weight)), through
+
+
+@needs_products
+def test_linear_reads_strided_and_transposed_inputs_as_their_values():
+    x, stored = random((6, 80), 3), random((40, 30), 4)  # the weight stored transposed
+    got = PRIMITIVES.linear(mx.array(x)[:, ::2], mx.array(stored).T, PRODUCTS.address)
+    expected = x[:, ::2].astype(np.float64) @ stored.astype(np.float64)
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_products
+def test_linear_compiled_and_on_another_stream_gives_the_same_values():
+    x, weight = mx.array(random((4, 300), 5)), mx.array(random((70, 300), 6))
+    eager = PRIMITIVES.linear(x, weight, PRODUCTS.address)
+    compiled = mx.compile(lambda x, w: PRIMITIVES.linear(x * 1.0, w, PRODUCTS.address) + 0.0)(x, weight)
+    with mx.stream(mx.new_stream(mx.cpu)):
+        other_stream = PRIMITIVES.linear(x, weight, PRODUCTS.address)
+    assert mx.array_equal(compiled, eager).item() and mx.array_equal(other_stream, eager).item()
+
+
+@needs_products
+def test_linear_gradients_match_mlx_matmul():
+    x, weight = mx.array(random((2, 3, 50), 7)), mx.array(random((20, 50), 8))
+    weights = mx.array(random((2, 3, 20), 9))
+
+    def loss(linear):
+        return lambda x, w: (linear(x, w) * weights).sum()
+
+    ours = mx.grad(loss(lambda x, w: PRIMITIVES.linear(x, w, PRODUCTS.address)), argnums=(0, 1))(x, weight)
+    theirs = mx.grad(loss(lambda x, w: x @ w.T), argnums=(0, 1))(x, weight)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        assert mx.allclose(a, b, rtol=1e-5, atol=1e-5).item()
+
+
+@needs_products
+def test_linear_refuses_what_it_does_not_take():
+    x, weight = mx.array(random((2, 8), 10)), mx.array(random((3, 8), 11))
+    for arguments in [(x, weight, 0), (x.astype(mx.bfloat16), weight, PRODUCTS.address),
+                      (x, weight.astype(mx.float16), PRODUCTS.address), (x, weight.T, PRODUCTS.address),
+                      (x, weight.reshape(1, 3, 8), PRODUCTS.address), (x[:, :0], weight[:, :0], PRODUCTS.address)]:
+        with pytest.raises(ValueError):
+            PRIMITIVES.linear(*arguments)
+
+
+@needs_products
+def test_layers_the_linear_primitive_takes_go_through_it():
+    kernels = CPUKernels(Settings())
+    calls = []
+    kernels.primitives = counting(kernels.primitives, calls)
+    x = mx.array(random((1, 3, 32), 12))
+    linear, embedding = nn.Linear(32, 24, bias=False), nn.Embedding(24, 32)
+    for layer, mlx_product in [(linear, linear(x)), (embedding, embedding.as_linear(x))]:
+        got = kernels.linear(layer, x)
+        np.testing.assert_allclose(np.array(got), np.array(mlx_product), rtol=1e-5, atol=1e-5)
+    assert [call for call, _ in calls] == ["linear", "linear"]
+
+
+@needs_products
+def test_layers_the_linear_primitive_does_not_take_go_to_mlx():
+    kernels = CPUKernels(Settings())
+    kernels.primitives = SimpleNamespace(linear=not_to_be_called)
+    x = mx.array(random((1, 3, 64), 13))
+    half = nn.Linear(64, 24, bias=False)
+    half.set_dtype(mx.bfloat16)
+    quantized = nn.QuantizedLinear.from_linear(nn.Linear(64, 24, bias=False))
+    for layer, inputs in [(nn.Linear(64, 24), x), (half, x.astype(mx.bfloat16)), (quantized, x),
+                          (nn.Linear(64, 24, bias=False), x.astype(mx.bfloat16))]:
+        assert mx.array_equal(kernels.linear(layer, inputs), MLX.linear(layer, inputs)).item(), layer
+
+
+# --- SwiGLU ---------------------------------------------------------------------------------
 
 def assert_close_to_float64(got: mx.array, gate: np.ndarray, x: np.ndarray, ulps: float = 4):
     g = gate.astype(np.float64)
@@ -39,54 +214,25 @@ def assert_close_to_float64(got: mx.array, gate: np.ndarray, x: np.ndarray, ulps
     assert (error <= allowed).all(), f"gate {g.flat[worst]}: got {np.array(got).flat[worst]}, exact {exact.flat[worst]}"
 
 
-def test_the_primitives_are_built_on_linux_and_can_be_disabled():
-    if sys.platform != "linux" or platform.machine() != "x86_64":
-        pytest.skip("built on x86-64 Linux only")
-    assert primitives.compiled is not None, primitives.why
-    assert primitives.compiled.built_against == mx.__version__
-    done = subprocess.run([sys.executable, "-c", "import nextterm_mlx.primitives as p; print(p.why)"],
-                          capture_output=True, text=True, env={**os.environ, "NEXTTERM_MLX_PRIMITIVES": "0"})
-    assert done.stdout.strip() == "disabled (NEXTTERM_MLX_PRIMITIVES=0)", done.stderr
-
-
-@needs_primitives
-def test_a_loaded_model_goes_through_the_primitives(monkeypatch):
-    model = nextterm_mlx.load(FIXTURES / "untied-v4", dtype="float32").model
-    assert primitives.installed()
-    calls = []
-
-    def counted(name):
-        function = getattr(primitives.compiled, name)
-
-        def call(*args, **kwargs):
-            calls.append(name)
-            return function(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(primitives, "compiled", SimpleNamespace(swiglu=counted("swiglu"), attention=counted("attention")))
-    mx.eval(model(mx.array([[3, 4, 5, 11, 6]])))
-    assert sorted(calls) == ["attention"] * len(model.layers) + ["swiglu"] * len(model.layers)
-
-
-@needs_primitives
+@vectorised
 @pytest.mark.parametrize("shape", [(1, 3072), (8, 3072), (3, 5, 7), (13,), (2, 1, 17)])
 def test_swiglu_of_random_gates_is_within_4_ulps(shape):
     gate, x = random(shape, 1, scale=8.0), random(shape, 2)
-    assert_close_to_float64(primitives.compiled.swiglu(mx.array(gate), mx.array(x)), gate, x)
+    assert_close_to_float64(PRIMITIVES.swiglu(mx.array(gate), mx.array(x)), gate, x)
 
 
-@needs_primitives
+@vectorised
 def test_swiglu_over_every_range_of_the_exp_is_within_4_ulps():
     gate = np.linspace(-100, 100, 400_003, dtype=np.float32)  # each interval of the range reduction, many times
     x = np.ones_like(gate)
-    assert_close_to_float64(primitives.compiled.swiglu(mx.array(gate), mx.array(x)), gate, x)
+    assert_close_to_float64(PRIMITIVES.swiglu(mx.array(gate), mx.array(x)), gate, x)
 
 
-@needs_primitives
+@vectorised
 def test_swiglu_of_special_values():
     special = [0.0, -0.0, 1e-30, -1e-30, 200.0, -200.0, np.inf, -np.inf, np.nan]
     gate = mx.array(special * 2)  # the first 16 through the vectorised loop, the last 2 through the plain one
-    got = primitives.compiled.swiglu(gate, mx.ones_like(gate)).tolist()
+    got = PRIMITIVES.swiglu(gate, mx.ones_like(gate)).tolist()
     for at in (0, 9):
         value = got[at:at + 9]
         assert np.allclose(value[:4], [0.0, 0.0, 5e-31, -5e-31], rtol=1e-6, atol=0)
@@ -94,45 +240,55 @@ def test_swiglu_of_special_values():
         assert np.isnan(value[8])
 
 
-@needs_primitives
+@vectorised
 def test_swiglu_reads_strided_inputs_as_their_values():
     gate, x = random((6, 40), 3, scale=4.0), random((40, 6), 4)
-    got = primitives.compiled.swiglu(mx.array(gate)[:, ::2], mx.array(x).T[:, 1::2])
+    got = PRIMITIVES.swiglu(mx.array(gate)[:, ::2], mx.array(x).T[:, 1::2])
     assert_close_to_float64(got, gate[:, ::2], x.T[:, 1::2])
 
 
-@needs_primitives
+@vectorised
 def test_swiglu_compiled_and_on_another_stream_gives_the_same_values():
     gate, x = mx.array(random((4, 100), 5, scale=5.0)), mx.array(random((4, 100), 6))
-    eager = primitives.compiled.swiglu(gate, x)
-    compiled = mx.compile(lambda g, x: primitives.compiled.swiglu(g * 1.0, x) + 0.0)(gate, x)
+    eager = PRIMITIVES.swiglu(gate, x)
+    compiled = mx.compile(lambda g, x: PRIMITIVES.swiglu(g * 1.0, x) + 0.0)(gate, x)
     with mx.stream(mx.new_stream(mx.cpu)):
-        other_stream = primitives.compiled.swiglu(gate, x)
+        other_stream = PRIMITIVES.swiglu(gate, x)
     assert mx.array_equal(compiled, eager).item() and mx.array_equal(other_stream, eager).item()
 
 
-@needs_primitives
-def test_swiglu_gradients_match_mlx_lm_swiglu():
+@vectorised
+def test_swiglu_gradients_match_mlx_swiglu():
     gate, x = mx.array(random((3, 50), 7, scale=4.0)), mx.array(random((3, 50), 8))
     weights = mx.array(random((3, 50), 9))
 
     def loss(swiglu):
         return lambda g, x: (swiglu(g, x) * weights).sum()
 
-    ours = mx.grad(loss(primitives.compiled.swiglu), argnums=(0, 1))(gate, x)
-    theirs = mx.grad(loss(mlx_lm_swiglu), argnums=(0, 1))(gate, x)
+    ours = mx.grad(loss(PRIMITIVES.swiglu), argnums=(0, 1))(gate, x)
+    theirs = mx.grad(loss(MLX.swiglu), argnums=(0, 1))(gate, x)
     for a, b in zip(ours, theirs):
         assert mx.allclose(a, b, rtol=1e-5, atol=1e-6).item()
 
 
+@vectorised
+def test_the_kernels_hand_float32_swiglu_to_the_primitive():
+    kernels = CPUKernels(Settings())
+    calls = []
+    kernels.primitives = counting(kernels.primitives, calls)
+    gate, x = mx.array(random((3, 40), 10, scale=4.0)), mx.array(random((3, 40), 11))
+    assert mx.array_equal(kernels.swiglu(gate, x), PRIMITIVES.swiglu(gate, x)).item()
+    assert calls == [("swiglu", None)]
+
+
 @needs_primitives
-def test_inputs_it_does_not_take_go_to_mlx_lm_swiglu(monkeypatch):
-    monkeypatch.setattr(primitives, "compiled", None)  # a call to it would fail
-    swiglu = primitives.vectorised_swiglu(mlx_lm_swiglu)
+def test_swiglu_it_does_not_take_goes_to_mlx_swiglu():
+    kernels = CPUKernels(Settings())
+    kernels.primitives = SimpleNamespace(swiglu=not_to_be_called)
     half = mx.array(random((2, 24), 10)).astype(mx.bfloat16)
-    assert mx.array_equal(swiglu(half, half), mlx_lm_swiglu(half, half)).item()
+    assert mx.array_equal(kernels.swiglu(half, half), MLX.swiglu(half, half)).item()
     column, row = mx.array(random((4, 1), 11)), mx.array(random((4, 3), 12))
-    assert mx.array_equal(swiglu(column, row), mlx_lm_swiglu(column, row)).item()
+    assert mx.array_equal(kernels.swiglu(column, row), MLX.swiglu(column, row)).item()
 
 
 # --- attention ----------------------------------------------------------------------------
@@ -172,11 +328,11 @@ def attention_problem(batch, heads, kv_heads, length, keys, dim, mask, seed):
 
 def call_attention(q, k, v, scale, mask):
     if mask is None or isinstance(mask, str):
-        return primitives.compiled.attention(mx.array(q), mx.array(k), mx.array(v), scale, mask_mode=mask or "")
-    return primitives.compiled.attention(mx.array(q), mx.array(k), mx.array(v), scale, mask=mx.array(mask))
+        return PRIMITIVES.attention(mx.array(q), mx.array(k), mx.array(v), scale, mask_mode=mask or "")
+    return PRIMITIVES.attention(mx.array(q), mx.array(k), mx.array(v), scale, mask=mx.array(mask))
 
 
-@needs_primitives
+@vectorised
 @pytest.mark.parametrize("mask", ["none", "causal", "positions", "padding", "added", "nothing visible"])
 @pytest.mark.parametrize("batch, heads, kv_heads, length, keys, dim", [
     (1, 16, 8, 1, 100, 128),   # a decode step of the 440M shape
@@ -191,32 +347,32 @@ def test_attention_matches_float64(batch, heads, kv_heads, length, keys, dim, ma
     assert np.allclose(got, attention_in_float64(q, k, v, 0.09, mask), rtol=1e-5, atol=2e-6)
 
 
-@needs_primitives
+@vectorised
 def test_attention_reads_slices_and_transposes_where_they_lie():
     rng = np.random.default_rng(1)
     cache = rng.standard_normal((2, 4, 64, 32)).astype(np.float32)  # 40 of 64 positions written
     q = rng.standard_normal((2, 8, 1, 32)).astype(np.float32)
-    got = primitives.compiled.attention(mx.array(q), mx.array(cache)[:, :, :40], mx.array(cache)[:, :, 24:], 0.2)
+    got = PRIMITIVES.attention(mx.array(q), mx.array(cache)[:, :, :40], mx.array(cache)[:, :, 24:], 0.2)
     assert np.allclose(np.array(got), attention_in_float64(q, cache[:, :, :40], cache[:, :, 24:], 0.2, None),
                        rtol=1e-5, atol=2e-6)
     transposed = rng.standard_normal((2, 4, 32, 40)).astype(np.float32)
-    got = primitives.compiled.attention(mx.array(q), mx.array(transposed).swapaxes(2, 3),
+    got = PRIMITIVES.attention(mx.array(q), mx.array(transposed).swapaxes(2, 3),
                                         mx.array(transposed).swapaxes(2, 3), 0.2)
     expected = attention_in_float64(q, transposed.swapaxes(2, 3), transposed.swapaxes(2, 3), 0.2, None)
     assert np.allclose(np.array(got), expected, rtol=1e-5, atol=2e-6)
 
 
-@needs_primitives
+@vectorised
 def test_attention_compiled_and_on_another_stream_gives_the_same_values():
     q, k, v, mask = (mx.array(a) for a in attention_problem(2, 4, 2, 3, 7, 16, "padding", seed=2))
-    eager = primitives.compiled.attention(q, k, v, 0.3, mask=mask)
-    compiled = mx.compile(lambda q, k, v, m: primitives.compiled.attention(q * 1.0, k, v, 0.3, mask=m))(q, k, v, mask)
+    eager = PRIMITIVES.attention(q, k, v, 0.3, mask=mask)
+    compiled = mx.compile(lambda q, k, v, m: PRIMITIVES.attention(q * 1.0, k, v, 0.3, mask=m))(q, k, v, mask)
     with mx.stream(mx.new_stream(mx.cpu)):
-        other_stream = primitives.compiled.attention(q, k, v, 0.3, mask=mask)
+        other_stream = PRIMITIVES.attention(q, k, v, 0.3, mask=mask)
     assert mx.array_equal(compiled, eager).item() and mx.array_equal(other_stream, eager).item()
 
 
-@needs_primitives
+@vectorised
 def test_attention_gradients_match_finite_differences_in_float64():
     q, k, v, mask = attention_problem(1, 2, 1, 2, 4, 8, "padding", seed=3)
     weights = np.random.default_rng(4).standard_normal((1, 2, 2, 8))
@@ -224,7 +380,7 @@ def test_attention_gradients_match_finite_differences_in_float64():
     def loss(q, k, v):
         return (attention_in_float64(q, k, v, 0.3, mask) * weights).sum()
 
-    grads = mx.grad(lambda q, k, v: (primitives.compiled.attention(q, k, v, 0.3, mask=mx.array(mask))
+    grads = mx.grad(lambda q, k, v: (PRIMITIVES.attention(q, k, v, 0.3, mask=mx.array(mask))
                                      * mx.array(weights.astype(np.float32))).sum(),
                     argnums=(0, 1, 2))(mx.array(q), mx.array(k), mx.array(v))
     inputs = [q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)]
@@ -238,7 +394,7 @@ def test_attention_gradients_match_finite_differences_in_float64():
         assert np.allclose(np.array(grad), numeric, rtol=1e-3, atol=1e-4)
 
 
-@needs_primitives
+@vectorised
 def test_attention_keeps_a_nan_where_it_came_from():
     q, k, v, mask = attention_problem(1, 4, 2, 3, 16, 16, "padding", seed=6)  # 16 keys: no plain tail
     q[0, 1, 2, 5] = np.nan  # one query row of one head
@@ -250,29 +406,37 @@ def test_attention_keeps_a_nan_where_it_came_from():
     assert np.allclose(got, expected, rtol=1e-5, atol=2e-6)
 
 
-@needs_primitives
-def test_attention_it_does_not_take_goes_to_mlx_lm(monkeypatch):
+@vectorised
+def test_the_kernels_hand_float32_attention_to_the_primitive():
+    kernels = CPUKernels(Settings())
+    calls = []
+    kernels.primitives = counting(kernels.primitives, calls)
+    q, k, v, mask = (mx.array(a) for a in attention_problem(2, 4, 2, 3, 7, 16, "padding", seed=7))
+    assert mx.array_equal(kernels.attention(q, k, v, None, 0.3, mask),
+                          PRIMITIVES.attention(q, k, v, 0.3, mask=mask)).item()
+    assert mx.array_equal(kernels.attention(q, k, v, None, 0.3, "causal"),
+                          PRIMITIVES.attention(q, k, v, 0.3, mask_mode="causal")).item()
+    assert calls == [("attention", None)] * 2
+
+
+@vectorised
+def test_attention_it_does_not_take_goes_to_mlx():
+    kernels = CPUKernels(Settings())
     q, k, v = (mx.array(a) for a in attention_problem(1, 4, 2, 2, 5, 16, "none", seed=5)[:3])
     more_queries_than_keys = mx.array(np.ones((1, 4, 6, 16), dtype=np.float32))
-    attention = primitives.one_pass_attention(mlx_lm_attention)
-    # the primitive refuses it, and the wrapper passes it on
-    assert mx.array_equal(attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None),
-                          mlx_lm_attention(more_queries_than_keys, k, v, cache=None, scale=0.3, mask=None)).item()
+    with pytest.raises(ValueError):
+        PRIMITIVES.attention(more_queries_than_keys, k, v, 0.3)
+    # the primitive refuses it, and the kernels pass it on
+    assert mx.array_equal(kernels.attention(more_queries_than_keys, k, v, None, 0.3, None),
+                          MLX.attention(more_queries_than_keys, k, v, None, 0.3, None)).item()
 
-    def not_to_be_called(*args, **kwargs):
-        raise AssertionError("the primitive was called")
-
-    monkeypatch.setattr(primitives, "compiled", SimpleNamespace(attention=not_to_be_called))
+    kernels.primitives = SimpleNamespace(attention=not_to_be_called)
     half = [a.astype(mx.bfloat16) for a in (q, k, v)]
-    assert mx.array_equal(attention(*half, cache=None, scale=0.3, mask=None),
-                          mlx_lm_attention(*half, cache=None, scale=0.3, mask=None)).item()
-    sinks = mx.zeros((4,))
-    assert mx.array_equal(attention(q, k, v, cache=None, scale=0.3, mask=None, sinks=sinks),
-                          mlx_lm_attention(q, k, v, cache=None, scale=0.3, mask=None, sinks=sinks)).item()
+    assert mx.array_equal(kernels.attention(*half, None, 0.3, None), MLX.attention(*half, None, 0.3, None)).item()
     integer_mask = mx.array([[1, 0, 1, 1, 1], [1, 1, 0, 1, 1]])
-    assert mx.array_equal(attention(q, k, v, cache=None, scale=0.3, mask=integer_mask),
-                          mlx_lm_attention(q, k, v, cache=None, scale=0.3, mask=integer_mask)).item()
+    assert mx.array_equal(kernels.attention(q, k, v, None, 0.3, integer_mask),
+                          MLX.attention(q, k, v, None, 0.3, integer_mask)).item()
     quantized_cache = SimpleNamespace(bits=8, group_size=64)
     with pytest.raises(Exception) as raised:  # mlx-lm's quantized path, which these plain keys do not fit
-        attention(q, k, v, cache=quantized_cache, scale=0.3, mask=None)
+        kernels.attention(q, k, v, quantized_cache, 0.3, None)
     assert not isinstance(raised.value, AssertionError), raised.value

@@ -1,20 +1,26 @@
-"""The halved SwiGLU and attention give exactly what MLX's whole operations give."""
+"""The halved SwiGLU and attention (nextterm_mlx/cpu/two_streams.py) give
+exactly what MLX's whole operations give, and a model gives the same logits
+with and without them."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx_lm.models.cache import BatchKVCache
 
 import nextterm_mlx
 from conftest import FIXTURES
-from mlx_lm.models import qwen3
-from mlx_lm.models.activations import swiglu
-from mlx_lm.models.base import scaled_dot_product_attention
-from mlx_lm.models.cache import BatchKVCache
-
-from nextterm_mlx import two_streams
+from nextterm_mlx.cpu import two_streams
+from nextterm_mlx.cpu.kernels import CPUKernels
+from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.model import Kernels
 from nextterm_mlx.vocab import PAD
+
+# MLX's own SwiGLU and attention, as the model's default Kernels compute them.
+MLX = Kernels()
 
 
 def counted(function):
@@ -35,21 +41,30 @@ def random(shape, seed):
 @pytest.mark.parametrize("shape", [(2, 9, 48), (17, 1, 40), (1, 16, 24)])
 def test_halved_swiglu_is_swiglu_on_two_halves(shape):
     gate, x = random(shape, 1), random(shape, 2)
-    inner, calls = counted(swiglu)
-    out = two_streams.halved_swiglu(inner)(gate, x)
-    assert mx.array_equal(out, swiglu(gate, x)).item()
+    inner, calls = counted(MLX.swiglu)
+    out = two_streams.halved_swiglu(inner, gate, x)
+    assert out.shape == gate.shape
+    assert mx.array_equal(out, MLX.swiglu(gate, x)).item()
     rows = shape[0] * shape[1]
     assert calls == [((rows // 2, shape[2]),) * 2, ((rows - rows // 2, shape[2]),) * 2]
 
 
 def test_few_rows_are_not_split():
-    inner, calls = counted(swiglu)
-    two_streams.halved_swiglu(inner)(random((3, 5, 8), 1), random((3, 5, 8), 2))
-    attention, attention_calls = counted(scaled_dot_product_attention)
-    queries = random((1, 4, 15, 8), 3)
-    two_streams.halved_attention(attention)(queries, random((1, 2, 15, 8), 4), random((1, 2, 15, 8), 5),
-                                            cache=None, scale=0.3, mask="causal")
+    swiglu, calls = counted(MLX.swiglu)
+    gate, x = random((3, 5, 8), 1), random((3, 5, 8), 2)
+    assert mx.array_equal(two_streams.halved_swiglu(swiglu, gate, x), MLX.swiglu(gate, x)).item()
+    attention, attention_calls = counted(MLX.attention)
+    queries, keys, values = random((1, 4, 15, 8), 3), random((1, 2, 15, 8), 4), random((1, 2, 15, 8), 5)
+    out = two_streams.halved_attention(attention, queries, keys, values, None, 0.3, "causal")
+    assert mx.array_equal(out, MLX.attention(queries, keys, values, None, 0.3, "causal")).item()
     assert len(calls) == 1 and len(attention_calls) == 1
+
+
+def test_swiglu_of_broadcast_shapes_is_not_split():
+    swiglu, calls = counted(MLX.swiglu)
+    gate, x = random((32, 1), 1), random((32, 8), 2)
+    assert mx.array_equal(two_streams.halved_swiglu(swiglu, gate, x), MLX.swiglu(gate, x)).item()
+    assert len(calls) == 1
 
 
 def padding_mask(batch, length, keys):
@@ -71,19 +86,39 @@ def test_halved_attention_is_attention_on_two_halves_of_the_heads(batch, length,
     if mask == "padding":
         mask = padding_mask(batch, length, keys)
     whole = mx.fast.scaled_dot_product_attention(queries, key_states, values, scale=0.25, mask=mask)
-    attention, calls = counted(scaled_dot_product_attention)
-    out = two_streams.halved_attention(attention)(queries, key_states, values, cache=None, scale=0.25, mask=mask)
+    attention, calls = counted(MLX.attention)
+    out = two_streams.halved_attention(attention, queries, key_states, values, None, 0.25, mask)
     assert mx.array_equal(out, whole).item()
     half = (batch, heads // 2, length, 16), (batch, kv_heads // 2, keys, 16), (batch, kv_heads // 2, keys, 16)
     assert [c[:3] for c in calls] == [half, half]
 
 
 def test_odd_key_heads_are_not_split():
-    attention, calls = counted(scaled_dot_product_attention)
+    attention, calls = counted(MLX.attention)
     queries, keys = random((16, 3, 1, 8), 1), random((16, 1, 5, 8), 2)
-    out = two_streams.halved_attention(attention)(queries, keys, keys, cache=None, scale=0.3, mask=None)
+    out = two_streams.halved_attention(attention, queries, keys, keys, None, 0.3, None)
     assert len(calls) == 1
     assert mx.array_equal(out, mx.fast.scaled_dot_product_attention(queries, keys, keys, scale=0.3)).item()
+
+
+def test_a_mask_per_head_is_not_split():
+    attention, calls = counted(MLX.attention)
+    queries, keys = random((16, 4, 1, 8), 1), random((16, 2, 5, 8), 2)
+    mask = random((16, 4, 1, 5), 3)  # added scores, one row per query head: no half of it fits both halves
+    out = two_streams.halved_attention(attention, queries, keys, keys, None, 0.3, mask)
+    assert len(calls) == 1
+    assert mx.array_equal(out, mx.fast.scaled_dot_product_attention(queries, keys, keys, scale=0.3, mask=mask)).item()
+
+
+def test_a_quantized_cache_is_not_split():
+    """mlx-lm's quantized attention takes the cache's packed keys whole."""
+    def attention(queries, keys, values, cache, scale, mask):
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+
+    attention, calls = counted(attention)
+    queries, keys = random((16, 4, 1, 8), 1), random((16, 2, 5, 8), 2)
+    two_streams.halved_attention(attention, queries, keys, keys, SimpleNamespace(bits=8, group_size=64), 0.3, None)
+    assert len(calls) == 1
 
 
 def batch_forward(model):
@@ -94,20 +129,35 @@ def batch_forward(model):
     cache = [BatchKVCache(padding) for _ in model.layers]
     first = model(mx.array([[PAD] * pad + p for pad, p in zip(padding, prompts)]), cache=cache)
     step = model(mx.argmax(first[:, -1:], axis=-1), cache=cache)
+    mx.eval(first, step)
     return first, step
+
+
+def counting_halves(halved, splits: list):
+    """`halved`, recording how many parts each call computed."""
+    def wrapper(operation, *args):
+        inner, calls = counted(operation)
+        out = halved(inner, *args)
+        splits.append(len(calls))
+        return out
+
+    return wrapper
 
 
 def test_a_model_computes_the_same_logits_with_and_without_the_halves(monkeypatch):
     model = nextterm_mlx.load(FIXTURES / "untied-v4", dtype="float32").model
-    assert two_streams.installed()  # behind the primitives, if they are built: what they do not take
-    # mlx-lm's own functions, whatever load() put in their place
-    monkeypatch.setattr(qwen3, "swiglu", swiglu)
-    monkeypatch.setattr(qwen3, "scaled_dot_product_attention", scaled_dot_product_attention)
+    swiglu_splits, attention_splits = [], []
+    monkeypatch.setattr(two_streams, "halved_swiglu", counting_halves(two_streams.halved_swiglu, swiglu_splits))
+    monkeypatch.setattr(two_streams, "halved_attention",
+                        counting_halves(two_streams.halved_attention, attention_splits))
+    # Without the primitives, SwiGLU and attention are all MLX's: whole, or halved.
+    model.kernels = CPUKernels(Settings(primitives=False, two_streams=False))
     whole = batch_forward(model)
-    counted_swiglu, calls = counted(two_streams.halved_swiglu(swiglu))
-    monkeypatch.setattr(qwen3, "swiglu", counted_swiglu)
-    monkeypatch.setattr(qwen3, "scaled_dot_product_attention", two_streams.halved_attention(scaled_dot_product_attention))
+    assert swiglu_splits == attention_splits == []
+    model.kernels = CPUKernels(Settings(primitives=False))
     with_halves = batch_forward(model)
-    assert calls  # the model went through the halved functions
+    # every layer's SwiGLU and attention, in the prefill and the step, each in two halves
+    assert swiglu_splits == [2] * 2 * len(model.layers)
+    assert attention_splits == [2] * 2 * len(model.layers)
     for a, b in zip(with_halves, whole):
         assert mx.array_equal(a, b).item()
