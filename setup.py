@@ -1,10 +1,10 @@
 """Build the compiled pieces for MLX's CPU backend on Linux:
 
 - the skinny-product kernel (nextterm_mlx/cpu/_skinny.c), in C;
-- on x86-64, MLX primitives in C++ for a Linear layer's product, SwiGLU and
-  attention, the last two written for AVX2 and FMA
-  (nextterm_mlx/cpu/_primitives.cpp and the files it names), built against
-  the MLX headers and nanobind that pyproject.toml's build requirements bring.
+- MLX primitives in C++ for a Linear layer's product and, on x86-64, SwiGLU
+  and attention, written for AVX2 and FMA (nextterm_mlx/cpu/_primitives.cpp
+  and the files it names), built against the MLX headers and nanobind that
+  pyproject.toml's build requirements bring.
 
 Both are optional: where they cannot be built the install still succeeds,
 and the model runs on MLX's own operations (docs/cpu.md says what that
@@ -28,8 +28,10 @@ def skinny_extension() -> Extension:
 
 
 def primitives_extension() -> list[Extension]:
-    if platform.machine() != "x86_64":
-        return []
+    # SwiGLU and attention are written for x86-64's AVX2 and FMA; elsewhere
+    # the module holds the Linear product alone.
+    x86_64 = platform.machine() == "x86_64"
+    sources = ["_primitives.cpp", "_linear.cpp", "_nanobind.cpp"] + (["_swiglu.cpp", "_attention.cpp"] if x86_64 else [])
     try:
         import mlx
         import nanobind
@@ -40,8 +42,7 @@ def primitives_extension() -> list[Extension]:
     nanobind_dir = Path(nanobind.__file__).parent
     return [Extension(
         "nextterm_mlx.cpu._primitives",
-        sources=[f"nextterm_mlx/cpu/{name}" for name in
-                 ("_primitives.cpp", "_linear.cpp", "_swiglu.cpp", "_attention.cpp", "_nanobind.cpp")],
+        sources=[f"nextterm_mlx/cpu/{name}" for name in sources],
         depends=["nextterm_mlx/cpu/_vector_exp.h"],
         include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(), str(nanobind_dir / "src"),
                       str(nanobind_dir / "ext" / "robin_map" / "include")],
@@ -50,7 +51,7 @@ def primitives_extension() -> list[Extension]:
         # MLX's headers need C++20. NB_DOMAIN: share MLX's own nanobind
         # bindings (its mx.array type), which live in the domain "mlx".
         extra_compile_args=["-std=c++20", "-O3", "-fvisibility=hidden", "-fno-strict-aliasing",
-                            "-DNB_DOMAIN=mlx"],
+                            "-DNB_DOMAIN=mlx", *([] if x86_64 else ["-DNEXTTERM_LINEAR_ONLY"])],
         language="c++",
         optional=True,
     )]

@@ -8,8 +8,10 @@
 
 #include <nanobind/nanobind.h>
 
-#include "_vector_exp.h"
 #include "mlx/version.h"
+#ifndef NEXTTERM_LINEAR_ONLY
+#include "_vector_exp.h"
+#endif
 
 namespace nb = nanobind;
 
@@ -20,9 +22,13 @@ void bind_attention(nb::module_ &m);
 NB_MODULE(_primitives, m) {
   m.attr("built_against") = NB_TOSTRING(MLX_VERSION_MAJOR) "." NB_TOSTRING(MLX_VERSION_MINOR) "." NB_TOSTRING(
       MLX_VERSION_PATCH);
+  bind_linear(m);
+#ifdef NEXTTERM_LINEAR_ONLY  // not x86-64: SwiGLU and attention are not built
+  m.attr("vectorised") = false;
+#else
   // Whether this CPU has the AVX2 and FMA that SwiGLU and attention are written for.
   m.attr("vectorised") = has_avx2_and_fma();
-  bind_linear(m);
   bind_swiglu(m);
   bind_attention(m);
+#endif
 }
