@@ -21,7 +21,8 @@ from .sequence_files import parse_terms as read_terms
 
 def keep_freed_memory() -> None:
     if sys.platform.startswith("linux"):
-        from .cpu import heap, settings
+        from . import settings
+        from .cpu import heap
 
         heap.keep_freed_memory(settings.from_environment())
 

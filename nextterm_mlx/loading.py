@@ -36,7 +36,7 @@ def default_compute_dtype(config: dict[str, Any]) -> Optional[str]:
 def kernels_for_this_device() -> Kernels:
     """The Linux-CPU kernels where MLX computes on a Linux CPU, else MLX's own."""
     if sys.platform.startswith("linux") and on_cpu():
-        from .cpu import settings
+        from . import settings
         from .cpu.kernels import CPUKernels
 
         return CPUKernels(settings.from_environment())

@@ -24,10 +24,11 @@ from mlx_lm.models.cache import make_prompt_cache
 
 import nextterm_mlx
 from conftest import FIXTURES, reference
-from nextterm_mlx.cpu import blas, settings
+from nextterm_mlx import settings
+from nextterm_mlx.cpu import blas
 from nextterm_mlx.cpu.blas import OPENBLAS_CANDIDATES
 from nextterm_mlx.cpu.kernels import CPUKernels, load_primitives
-from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.settings import Settings
 from nextterm_mlx.decode import prefill
 from test_reference_parity import LOGIT_ATOL, LOGPROB_ATOL
 
@@ -101,7 +102,7 @@ def test_the_skinny_kernel_is_in_front_of_openblas_and_can_be_switched_off():
 
 @needs_kernel
 def test_without_read_ahead_and_avx512_the_kernel_is_described_bare():
-    bare = python("from nextterm_mlx.cpu import blas, settings\n"
+    bare = python("from nextterm_mlx import settings\nfrom nextterm_mlx.cpu import blas\n"
                   "print(blas.products(settings.from_environment())[0].description)",
                   NEXTTERM_MLX_READ_AHEAD="0", NEXTTERM_MLX_AVX512="0")
     assert bare.endswith(f"products of up to {MAX_ROWS} rows by nextterm-mlx's kernel")
@@ -385,7 +386,7 @@ def check_every_product() -> int:
 
 READ_AHEADS = (
     "import mlx.core as mx\n"
-    "from nextterm_mlx.cpu import blas, settings\n"
+    "from nextterm_mlx import settings\nfrom nextterm_mlx.cpu import blas\n"
     "from nextterm_mlx.cpu.kernels import load_primitives\n"
     "products = blas.products(settings.from_environment())[0]\n"
     "primitives = load_primitives(settings.from_environment())[0]\n"

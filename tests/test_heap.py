@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 MMAPPED_BLOCKS = """
 import ctypes, json, sys
 from nextterm_mlx.cpu import heap
-from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.settings import Settings
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

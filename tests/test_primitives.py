@@ -24,7 +24,7 @@ import nextterm_mlx
 from conftest import FIXTURES
 from nextterm_mlx.cpu import blas
 from nextterm_mlx.cpu.kernels import CPUKernels, load_primitives
-from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.settings import Settings
 from nextterm_mlx.model import Kernels
 
 PRIMITIVES, WHY_NOT = load_primitives(Settings())

@@ -14,7 +14,7 @@ from conftest import FIXTURES, greedy_steps
 from nextterm_mlx import static_cache
 from nextterm_mlx.cpu import kernels as cpu_kernels
 from nextterm_mlx.cpu.kernels import CPUKernels, rotation_from_tables
-from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.settings import Settings
 from nextterm_mlx.model import Kernels
 
 

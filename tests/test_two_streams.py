@@ -15,7 +15,7 @@ import nextterm_mlx
 from conftest import FIXTURES
 from nextterm_mlx.cpu import two_streams
 from nextterm_mlx.cpu.kernels import CPUKernels
-from nextterm_mlx.cpu.settings import Settings
+from nextterm_mlx.settings import Settings
 from nextterm_mlx.model import Kernels
 from nextterm_mlx.vocab import PAD
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-from .settings import Settings
+from ..settings import Settings
 
 # mallopt's parameter numbers, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1

@@ -31,7 +31,7 @@ import mlx.nn as nn
 
 from ..model import Kernels
 from . import blas, two_streams
-from .settings import Settings
+from ..settings import Settings
 
 
 def load_primitives(settings: Settings) -> tuple[Optional[ModuleType], str]:

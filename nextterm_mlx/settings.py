@@ -1,6 +1,7 @@
-"""The switches of the Linux-CPU path, read from the environment once.
+"""The NEXTTERM_MLX_* switches, read from the environment once.
 
-Each is on unless its variable is "0"; docs/environment.md has the table.
+They steer the Linux-CPU path (nextterm_mlx/cpu). Each is on unless its
+variable is "0"; docs/environment.md has the table of every variable.
 Tests and callers may pass their own Settings instead of the environment's.
 """
 
