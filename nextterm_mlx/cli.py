@@ -272,20 +272,6 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def bench(ctx) -> None:
-    """Measure speed side by side: nextterm-mlx, stock MLX, mlx-lm, transformers.
-
-    Options: --quick (under 10 minutes), --json PATH, --work DIR (where the
-    random 440M-shape checkpoint is kept), --oeis PATH (prompts' shape).
-    Needs the reference extra (torch, transformers).
-    """
-    from .bench import main as bench_main
-
-    bench_main(ctx.args)
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def checkpoints(as_json) -> None:
