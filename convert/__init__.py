@@ -1,11 +1,11 @@
 """HF -> MLX conversion of NextTerm checkpoints, and the transformers reference.
 
-Only `convert.reference` imports torch and transformers, and only when used.
+Installed as nextterm_mlx.convert, from the top-level convert/ folder. It
+uses the runtime's vocabulary, errors, dtypes and meta, never its API:
+the API imports it (to convert on first use), not the other way round.
+Only `reference` imports torch and transformers, and only when used.
 """
 
-# Before mlx.core is first imported: MLX binds its BLAS at import.
-from nextterm_mlx import blas as _blas  # noqa: F401, I001
-
-from .converter import convert_checkpoint  # noqa: E402
+from .converter import convert_checkpoint
 
 __all__ = ["convert_checkpoint"]

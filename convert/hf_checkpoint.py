@@ -13,8 +13,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from nextterm_mlx.dtypes import DTYPES
 from nextterm_mlx.errors import UserError
-from nextterm_mlx.loading import DTYPES
 from nextterm_mlx.vocab import BOS, PAD, STOP_TOKENS, VOCAB_SIZE
 
 SOURCE_META_FILE = "oeis_checkpoint_meta.json"

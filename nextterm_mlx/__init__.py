@@ -10,8 +10,20 @@ __version__ = "0.1.0"
 
 # Before anything imports mlx.core: it binds its BLAS at import.
 from . import blas as _blas  # noqa: E402,F401
-from .decode import Prediction  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .predictor import Predictor, load  # noqa: E402
 
 __all__ = ["Prediction", "Predictor", "UserError", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    """The API, imported on first use: importing the converter
+    (nextterm_mlx.convert) or the vocabulary does not load it."""
+    if name == "Prediction":
+        from .decode import Prediction
+
+        return Prediction
+    if name in ("Predictor", "load"):
+        from . import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

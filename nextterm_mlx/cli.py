@@ -14,7 +14,7 @@ from . import __version__, heap
 from .decode import DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
-from .loading import DTYPES
+from .dtypes import DTYPES
 from .sequence_files import FORMATS
 from .sequence_files import parse_terms as read_terms
 
@@ -164,8 +164,8 @@ def with_quantization_options(command):
 @with_quantization_options
 def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_size, q_mode, q_recipe) -> None:
     """Convert the HF checkpoint folder HF_PATH into the MLX folder MLX_PATH."""
-    from convert.converter import convert_checkpoint
-    from convert.quantize import quantization_from_options
+    from .convert.converter import convert_checkpoint
+    from .convert.quantize import quantization_from_options
 
     quantization = quantization_from_options(q_bits, q_group_size, q_mode, q_recipe)
     target = convert_checkpoint(hf_path, mlx_path, dtype=dtype, force=force, allow_nonfinite=allow_nonfinite,
@@ -315,7 +315,7 @@ def models(ctx, cache_dir, as_json) -> None:
     elif not rows:
         click.echo(f"no converted models in {ctx.obj}", err=True)
     else:
-        from convert.quantize import Quantization
+        from .convert.quantize import Quantization
 
         for row in rows:
             variant = Quantization(**row["quantization"]).tag if row["quantization"] else row["dtype"]

@@ -11,9 +11,8 @@ import mlx.nn as nn
 from mlx_lm.utils import dequantize_model, load_model
 
 from . import primitives, two_streams
+from .dtypes import DTYPES
 from .errors import UserError
-
-DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
 
 def on_cpu() -> bool:

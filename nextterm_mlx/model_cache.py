@@ -71,7 +71,7 @@ def cached_conversion(
             problem = damage(entry, read_meta(entry) or {})
             print(f"cache entry {key} is damaged ({problem}); converting it again", file=sys.stderr)
         print(f"converting {source} to MLX (once; cached as {key})", file=sys.stderr)
-        from convert.converter import convert_checkpoint  # the runtime needs it only on first use
+        from .convert.converter import convert_checkpoint  # the runtime needs it only on first use
 
         return convert_checkpoint(source, entry, force=True, source_info=source_info, quantization=quantization)
 

@@ -202,7 +202,7 @@ def load(
     speculate: decode one sequence at a time with drafts from prompt lookup,
         verified so that the predictions are exactly greedy decoding's.
     """
-    from convert.quantize import quantization_from_options
+    from .convert.quantize import quantization_from_options
 
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, not {max_new_tokens}")

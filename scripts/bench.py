@@ -267,7 +267,7 @@ def worker_speculation(model_path: str, prompts: dict, repeats: int, new_tokens:
 
 
 def worker_convert(hf_path: str, out: str) -> dict:
-    from convert.converter import convert_checkpoint
+    from nextterm_mlx.convert.converter import convert_checkpoint
 
     started = time.perf_counter()
     convert_checkpoint(Path(hf_path), Path(out), force=True)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file as numpy_load_file
 
-import convert.converter as converter
+import nextterm_mlx.convert.converter as converter
 from conftest import FIXTURES
-from convert.converter import convert_checkpoint
+from nextterm_mlx.convert.converter import convert_checkpoint
 from nextterm_mlx.errors import UserError
 
 
