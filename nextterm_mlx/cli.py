@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,19 +15,16 @@ from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
 from .dtypes import DTYPES
 from .sequence_files import FORMATS
-from .sequence_files import parse_terms as read_terms
-
-# Users paste from papers and web pages: a typographic minus means minus.
-MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
+from .terms import NoTerms, parse_text
 
 
 def parse_terms(words: list[str]) -> list[int]:
-    """Terms typed as `1 2 3`, `1,2,3` or `1, 2, 3`, negative ones bare."""
-    tokens = [t for t in re.split(r"[\s,;]+", " ".join(words).translate(MINUS_SIGNS)) if t]
-    if not tokens:
-        raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8")
+    """Terms typed as `1 2 3`, `1,2,3` or `1, 2, 3`, negative ones bare
+    (nextterm_mlx.terms has the rules)."""
     try:
-        return read_terms(tokens)
+        return parse_text(" ".join(words))
+    except NoTerms:
+        raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8") from None
     except ValueError as e:
         raise UserError(f"{e}; give whole numbers such as 1 2 3 or -4") from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import operator
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,6 +16,7 @@ from .meta import read_meta
 from .resolve import resolve_model
 from .speculative import SpeculationStats, decode_speculative
 from .static_cache import StaticDecoder, decode_one
+from .terms import check_terms
 from .vocab import encode_prompt
 
 
@@ -149,21 +149,6 @@ class Predictor:
             print(f"nextterm-mlx: warning: the sequence is {len(prompt)} tokens long, more than the "
                   f"{TRAINING_CONTEXT} NextTerm-440M was trained on; predictions may be poor", file=sys.stderr)
         return prompt
-
-
-def check_terms(terms: Sequence[int]) -> list[int]:
-    """The terms as Python ints (numpy integers welcome), or a UserError."""
-    checked = []
-    for term in terms:
-        try:
-            if isinstance(term, bool):
-                raise TypeError
-            checked.append(operator.index(term))
-        except TypeError:
-            raise UserError(f"term {str(term)[:40]!r} is not an integer; give whole numbers such as 1 2 3") from None
-    if not checked:
-        raise UserError("no terms given; give at least one integer, e.g. 1 1 2 3 5 8")
-    return checked
 
 
 def load(
