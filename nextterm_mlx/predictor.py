@@ -54,6 +54,7 @@ class Predictor:
     def info(self) -> dict[str, Any]:
         """What is loaded and how it runs: what `nextterm-mlx info` prints."""
         import mlx.core as mx
+        import mlx_lm
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
@@ -75,6 +76,7 @@ class Predictor:
             "source": meta.get("source"),
             "source_meta": meta.get("source_meta"),
             "mlx_version": mx.__version__,
+            "mlx_lm_version": mlx_lm.__version__,
             "device": str(mx.default_device()),
             "blas": blas.describe(),
             "primitives": primitives.describe(),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tomllib
 from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.metadata import version
 from pathlib import Path
 
 from conftest import reference
@@ -153,3 +154,25 @@ def test_a_users_convert_py_does_not_shadow_the_converter(tmp_path):
     done = run("convert", str(TINY_CHECKPOINT), "out")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_mlx_and_mlx_lm_are_bounded_and_admit_the_installed_versions():
+    from packaging.requirements import Requirement
+
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    for name in ("mlx", "mlx-lm"):
+        requirements = [r for r in map(Requirement, dependencies) if r.name == name]
+        assert requirements, name
+        installed = version(name)
+        for requirement in requirements:
+            assert any(s.operator == "<" for s in requirement.specifier), requirement
+            assert requirement.specifier.contains(installed), (requirement, installed)
+
+
+def test_info_names_the_mlx_and_mlx_lm_versions(capsys):
+    from nextterm_mlx.cli import main
+
+    main(["info", "--model", "tiny", "--json"])
+    details = json.loads(capsys.readouterr().out)
+    assert details["mlx_version"] == version("mlx")
+    assert details["mlx_lm_version"] == version("mlx-lm")
