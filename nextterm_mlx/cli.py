@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -349,13 +352,46 @@ def info(as_json, **model) -> None:
         click.echo(f"{key:<14} {value}")
 
 
+class OneLine(logging.Formatter):
+    """A log record as the command shows it: "nextterm-mlx: [warning: ]message"."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"nextterm-mlx: {level}{record.getMessage()}"
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"nextterm-mlx: warning: {message}", err=True)
+
+
+@contextmanager
+def messages_on_stderr():
+    """The package's log records (INFO and up) and every warning, one line
+    each on stderr; the library itself never writes to the terminal."""
+    logger = logging.getLogger("nextterm_mlx")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    saved = logger.level, logger.propagate, warnings.showwarning
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    warnings.showwarning = show_warning
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate, warnings.showwarning = saved[1:]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; a user's mistake ends in one line on stderr and exit code 2."""
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)  # OEIS terms run to thousands of digits
     heap.keep_freed_memory()
     try:
-        cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
+        with messages_on_stderr():
+            cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
     except UserError as e:
         click.echo(f"nextterm-mlx: error: {e}", err=True)
         sys.exit(2)
