@@ -8,19 +8,9 @@ import shutil
 import warnings
 
 from conftest import FIXTURES, reference
-from nextterm_mlx.cli import main
+from test_cli import run
 
 PREFIX = "nextterm-mlx: "
-
-
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def answer(name="untied-v4"):
