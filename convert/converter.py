@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -23,7 +24,6 @@ from mlx_lm.models.qwen3 import Model, ModelArgs
 from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
-from nextterm_mlx import __version__
 from nextterm_mlx.errors import UserError
 from nextterm_mlx.meta import META_FILE, folder_checksums
 
@@ -83,7 +83,7 @@ def convert_checkpoint(
 
     meta = {
         "format": "nextterm-mlx",
-        "converter_version": __version__,
+        "converter_version": version("nextterm-mlx"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source_info or {"path": str(source)},
         "source_files": folder_checksums(source),

@@ -13,8 +13,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from nextterm_mlx.dtypes import DTYPES
 from nextterm_mlx.errors import UserError
-from nextterm_mlx.loading import DTYPES
 from nextterm_mlx.vocab import BOS, PAD, STOP_TOKENS, VOCAB_SIZE
 
 SOURCE_META_FILE = "oeis_checkpoint_meta.json"
@@ -49,12 +49,24 @@ def read_config(folder: Path) -> dict[str, Any]:
         folder / "config.json",
         "a NextTerm checkpoint folder holds config.json and safetensors weights",
     )
-    architectures = config.get("architectures") or []
-    if config.get("model_type") != "qwen3" and "Qwen3ForCausalLM" not in architectures:
-        found = config.get("model_type") or architectures or "none"
+    model_type, architectures = config.get("model_type"), config.get("architectures") or []
+    # Each of the two that is present must name Qwen3: a loader may follow either.
+    says_qwen3 = {}
+    if model_type is not None:
+        says_qwen3["model_type"] = model_type == "qwen3"
+    if architectures:
+        says_qwen3["architectures"] = "Qwen3ForCausalLM" in architectures
+    if not any(says_qwen3.values()):
+        found = model_type or architectures or "none"
         raise UserError(
             f"{folder} holds a {found!r} model, not a Qwen3 causal LM; "
             "point to a NextTerm-440M checkpoint folder"
+        )
+    if not all(says_qwen3.values()):
+        raise UserError(
+            f"{folder}/config.json says model_type {model_type!r} but architectures {architectures}, "
+            "which disagree; a NextTerm checkpoint says qwen3 and Qwen3ForCausalLM: fix config.json "
+            "or re-download the checkpoint"
         )
     if config.get("vocab_size") != VOCAB_SIZE:
         raise UserError(

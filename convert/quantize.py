@@ -16,7 +16,8 @@ Loaders cast them to the dtype they compute in (nextterm_mlx.loading).
 from __future__ import annotations
 
 import contextlib
-import sys
+import io
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -34,6 +35,8 @@ UNQUANTIZED = ("embed_tokens", "lm_head")
 # The group sizes each mode supports, the first its default.
 GROUP_SIZES = {"affine": (64, 32, 128), "mxfp4": (32,), "mxfp8": (32,), "nvfp4": (16,)}
 MODE_BITS = {"mxfp4": 4, "mxfp8": 8, "nvfp4": 4}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,12 @@ def quantize(model: nn.Module, config: dict[str, Any], q: Quantization) -> tuple
     ]
     dtype = model.model.embed_tokens.weight.dtype  # the dtype everything else stays in
     model.set_dtype(mx.float32)
-    with contextlib.redirect_stdout(sys.stderr):  # quantize_model prints a line; stdout is for results
+    # quantize_model prints what it did; a library prints nothing, so that goes to the log.
+    with contextlib.redirect_stdout(io.StringIO()) as said:
         _, config = quantize_model(model, config, q.group_size, q.bits, mode=q.mode, quant_predicate=predicate)
+    for line in said.getvalue().splitlines():
+        if line.strip():
+            logger.info("%s", line.strip().removeprefix("[INFO] "))
     float32 = {f"{path}.{name}" for path, module in model.named_modules()
                if isinstance(module, nn.QuantizedLinear) and module.mode == "affine" and module.bits == 8
                for name in ("scales", "biases")}

@@ -12,7 +12,7 @@ step (a gap near zero means argmax may flip on rounding). A case with
 extended with everything generated so far, while each term is a
 well-formed integer ended by a separator.
 
-    python -m convert.reference CHECKPOINT CASES.json OUT.json
+    python -m nextterm_mlx.convert.reference CHECKPOINT CASES.json OUT.json
 
 CASES.json is a list of {"terms": [...], "max_new_tokens": 192, "continue": 1}.
 This is the only module that imports torch and transformers.
@@ -25,8 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nextterm_mlx.decode import DEFAULT_MAX_NEW_TOKENS
-from nextterm_mlx.vocab import PAD, SEP, STOP_TOKENS, decode_term, encode_prompt
+from nextterm_mlx.vocab import MAX_NEW_TOKENS, PAD, SEP, STOP_TOKENS, decode_term, encode_prompt
 
 
 def load_reference_model(checkpoint: Path):
@@ -43,7 +42,7 @@ def load_reference_model(checkpoint: Path):
 def run_case(model, case: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    max_new_tokens = case.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    max_new_tokens = case.get("max_new_tokens", MAX_NEW_TOKENS)
     prompt = encode_prompt(case["terms"])
     ids = list(prompt)
     generated: list[list[int]] = []

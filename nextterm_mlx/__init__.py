@@ -16,8 +16,20 @@ import os
 # the user set is kept.
 os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
-from .decode import Prediction
-from .errors import UserError
-from .predictor import Predictor, load
+from .errors import UserError  # noqa: E402
 
 __all__ = ["Prediction", "Predictor", "UserError", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    """The API, imported on first use: importing the converter
+    (nextterm_mlx.convert) or the vocabulary does not load it."""
+    if name == "Prediction":
+        from .decode import Prediction
+
+        return Prediction
+    if name in ("Predictor", "load"):
+        from . import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
+import logging
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -14,9 +16,9 @@ from . import __version__
 from .decode import DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
-from .loading import DTYPES
+from .dtypes import DTYPES
 from .sequence_files import FORMATS
-from .sequence_files import parse_terms as read_terms
+from .terms import NoTerms, parse_text
 
 
 def keep_freed_memory() -> None:
@@ -26,17 +28,14 @@ def keep_freed_memory() -> None:
 
         heap.keep_freed_memory(settings.from_environment())
 
-# Users paste from papers and web pages: a typographic minus means minus.
-MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
-
 
 def parse_terms(words: list[str]) -> list[int]:
-    """Terms typed as `1 2 3`, `1,2,3` or `1, 2, 3`, negative ones bare."""
-    tokens = [t for t in re.split(r"[\s,;]+", " ".join(words).translate(MINUS_SIGNS)) if t]
-    if not tokens:
-        raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8")
+    """Terms typed as `1 2 3`, `1,2,3` or `1, 2, 3`, negative ones bare
+    (nextterm_mlx.terms has the rules)."""
     try:
-        return read_terms(tokens)
+        return parse_text(" ".join(words))
+    except NoTerms:
+        raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8") from None
     except ValueError as e:
         raise UserError(f"{e}; give whole numbers such as 1 2 3 or -4") from None
 
@@ -172,8 +171,8 @@ def with_quantization_options(command):
 @with_quantization_options
 def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_size, q_mode, q_recipe) -> None:
     """Convert the HF checkpoint folder HF_PATH into the MLX folder MLX_PATH."""
-    from convert.converter import convert_checkpoint
-    from convert.quantize import quantization_from_options
+    from .convert.converter import convert_checkpoint
+    from .convert.quantize import quantization_from_options
 
     quantization = quantization_from_options(q_bits, q_group_size, q_mode, q_recipe)
     target = convert_checkpoint(hf_path, mlx_path, dtype=dtype, force=force, allow_nonfinite=allow_nonfinite,
@@ -280,20 +279,6 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def bench(ctx) -> None:
-    """Measure speed side by side: nextterm-mlx, stock MLX, mlx-lm, transformers.
-
-    Options: --quick (under 10 minutes), --json PATH, --work DIR (where the
-    random 440M-shape checkpoint is kept), --oeis PATH (prompts' shape).
-    Needs the reference extra (torch, transformers).
-    """
-    from .bench import main as bench_main
-
-    bench_main(ctx.args)
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def checkpoints(as_json) -> None:
@@ -337,7 +322,7 @@ def models(ctx, cache_dir, as_json) -> None:
     elif not rows:
         click.echo(f"no converted models in {ctx.obj}", err=True)
     else:
-        from convert.quantize import Quantization
+        from .convert.quantize import Quantization
 
         for row in rows:
             variant = Quantization(**row["quantization"]).tag if row["quantization"] else row["dtype"]
@@ -375,13 +360,46 @@ def info(as_json, **model) -> None:
         click.echo(f"{key:<14} {value}")
 
 
+class OneLine(logging.Formatter):
+    """A log record as the command shows it: "nextterm-mlx: [warning: ]message"."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"nextterm-mlx: {level}{record.getMessage()}"
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"nextterm-mlx: warning: {message}", err=True)
+
+
+@contextmanager
+def messages_on_stderr():
+    """The package's log records (INFO and up) and every warning, one line
+    each on stderr; the library itself never writes to the terminal."""
+    logger = logging.getLogger("nextterm_mlx")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    saved = logger.level, logger.propagate, warnings.showwarning
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    warnings.showwarning = show_warning
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate, warnings.showwarning = saved[1:]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; a user's mistake ends in one line on stderr and exit code 2."""
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)  # OEIS terms run to thousands of digits
     keep_freed_memory()
     try:
-        cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
+        with messages_on_stderr():
+            cli.main(args=argv, prog_name="nextterm-mlx", standalone_mode=False)
     except UserError as e:
         click.echo(f"nextterm-mlx: error: {e}", err=True)
         sys.exit(2)

@@ -11,12 +11,11 @@ from typing import Any, Optional
 import mlx.core as mx
 from mlx_lm.utils import dequantize_model, load_model
 
+from .dtypes import DTYPES
 from .errors import UserError
 from .model import Kernels, Model, ModelArgs
 
-DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
-
-log = logging.getLogger("nextterm_mlx")
+logger = logging.getLogger(__name__)
 
 
 def on_cpu() -> bool:
@@ -60,7 +59,7 @@ def load_mlx_folder(
         raise UserError(f"{folder} is not a complete MLX model folder ({e}); convert the checkpoint again") from None
     if config.get("quantization") and on_cpu() and not keep_quantized:
         dtype = dtype or "float32"
-        log.info("dequantizing the weights to %s to run on the CPU, where quantized matmul is slow "
+        logger.info("dequantizing the weights to %s to run on the CPU, where quantized matmul is slow "
                  "(--keep-quantized to keep them)", dtype)
         model.set_dtype(DTYPES[dtype])  # first, so that scale * q + bias is computed in `dtype`
         model = dequantize_model(model)

@@ -8,9 +8,9 @@ An entry is renamed into place complete, so it is complete or absent.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -21,6 +21,8 @@ from .errors import UserError
 from .meta import damage, read_meta
 
 LOCKS_DIR = ".locks"
+
+logger = logging.getLogger(__name__)
 
 
 def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
@@ -69,9 +71,9 @@ def cached_conversion(
             return entry
         if entry.exists():
             problem = damage(entry, read_meta(entry) or {})
-            print(f"cache entry {key} is damaged ({problem}); converting it again", file=sys.stderr)
-        print(f"converting {source} to MLX (once; cached as {key})", file=sys.stderr)
-        from convert.converter import convert_checkpoint  # the runtime needs it only on first use
+            logger.warning("cache entry %s is damaged (%s); converting it again", key, problem)
+        logger.info("converting %s to MLX (once; cached as %s)", source, key)
+        from .convert.converter import convert_checkpoint  # the runtime needs it only on first use
 
         return convert_checkpoint(source, entry, force=True, source_info=source_info, quantization=quantization)
 

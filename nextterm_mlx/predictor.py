@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import operator
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,6 +16,7 @@ from .meta import read_meta
 from .resolve import resolve_model
 from .speculative import SpeculationStats, decode_speculative
 from .static_cache import StaticDecoder, decode_one
+from .terms import check_terms
 from .vocab import encode_prompt
 
 
@@ -54,6 +54,7 @@ class Predictor:
     def info(self) -> dict[str, Any]:
         """What is loaded and how it runs: what `nextterm-mlx info` prints."""
         import mlx.core as mx
+        import mlx_lm
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
@@ -73,6 +74,7 @@ class Predictor:
             "source": meta.get("source"),
             "source_meta": meta.get("source_meta"),
             "mlx_version": mx.__version__,
+            "mlx_lm_version": mlx_lm.__version__,
             "device": str(mx.default_device()),
             **self.model.kernels.describe(),
             "heap_kept": heap_kept(),
@@ -156,21 +158,6 @@ def heap_kept() -> bool:
     return heap.kept
 
 
-def check_terms(terms: Sequence[int]) -> list[int]:
-    """The terms as Python ints (numpy integers welcome), or a UserError."""
-    checked = []
-    for term in terms:
-        try:
-            if isinstance(term, bool):
-                raise TypeError
-            checked.append(operator.index(term))
-        except TypeError:
-            raise UserError(f"term {str(term)[:40]!r} is not an integer; give whole numbers such as 1 2 3") from None
-    if not checked:
-        raise UserError("no terms given; give at least one integer, e.g. 1 1 2 3 5 8")
-    return checked
-
-
 def load(
     model: Optional[str | Path] = None,
     *,
@@ -207,7 +194,7 @@ def load(
     speculate: decode one sequence at a time with drafts from prompt lookup,
         verified so that the predictions are exactly greedy decoding's.
     """
-    from convert.quantize import quantization_from_options
+    from .convert.quantize import quantization_from_options
 
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, not {max_new_tokens}")

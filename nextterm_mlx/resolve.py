@@ -24,7 +24,7 @@ from .meta import damage, read_meta
 from .model_cache import cache_root, cached_conversion, entries
 
 if TYPE_CHECKING:
-    from convert.quantize import Quantization
+    from .convert.quantize import Quantization
 
 
 # A toy model shipped in the package, trained by scripts/train_tiny.py, for

@@ -2,7 +2,7 @@
 
 - JSONL, as NextTerm's own eval scripts write it: {"seq": [0, 1, 1, 2], "id": "A000045"}
 - the OEIS "stripped" format: A000045 ,0,1,1,2,3,5,
-- plain text: one sequence a line, terms separated by commas and/or spaces.
+- plain text: one sequence a line, terms separated by spaces, commas or semicolons.
 
 The format is detected from the first line with data unless given; blank
 lines and "#" comment lines (the OEIS file's header) are skipped. A line
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
+from .terms import parse_text, parse_values
 
 FORMATS = ("jsonl", "oeis", "plain")
-TERM = re.compile(r"[+-]?[0-9]+")
 OEIS_LINE = re.compile(r"(A[0-9]+)\s+,?(.*?),?\s*")
 
 
@@ -78,17 +78,6 @@ def has_data(line: str) -> bool:
     return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
-def parse_terms(words: list[str]) -> list[int]:
-    terms = []
-    for word in words:
-        if not TERM.fullmatch(word):
-            raise ValueError(f"{word[:40]!r} is not an integer")
-        terms.append(int(word))
-    if not terms:
-        raise ValueError("no terms")
-    return terms
-
-
 def parse_jsonl(line: str, number: int) -> Sequence:
     try:
         record = json.loads(line)
@@ -96,16 +85,15 @@ def parse_jsonl(line: str, number: int) -> Sequence:
         raise ValueError(f"not valid JSON ({e.msg})") from None
     if not isinstance(record, dict) or not isinstance(record.get("seq"), list):
         raise ValueError('expected an object with a "seq" list')
-    words = [str(t) if not isinstance(t, (bool, float)) else repr(t) for t in record["seq"]]
-    return Sequence(str(record.get("id", f"line{number}")), parse_terms(words))
+    return Sequence(str(record.get("id", f"line{number}")), parse_values(record["seq"]))
 
 
 def parse_oeis(line: str, number: int) -> Sequence:
     match = OEIS_LINE.fullmatch(line.strip())
     if not match:
         raise ValueError("expected an OEIS stripped line such as 'A000045 ,0,1,1,2,'")
-    return Sequence(match.group(1), parse_terms([w.strip() for w in match.group(2).split(",")]))
+    return Sequence(match.group(1), parse_text(match.group(2)))
 
 
 def parse_plain(line: str, number: int) -> Sequence:
-    return Sequence(f"line{number}", parse_terms([w for w in re.split(r"[\s,]+", line.strip()) if w]))
+    return Sequence(f"line{number}", parse_text(line))

@@ -19,6 +19,8 @@ VOCAB_SIZE = 16
 
 # The model card's generate call stops on any of these.
 STOP_TOKENS = (SEP, EOS, PAD)
+# ... or after this many new tokens, which suffice for every answer in its eval.
+MAX_NEW_TOKENS = 192
 
 # The token strings written into tokenizer.json, indexed by id.
 TOKEN_STRINGS = tuple("0123456789") + ("-", ",", "<bos>", "<eos>", "<pad>", "<reserved>")

@@ -44,7 +44,7 @@ def main() -> None:
     cases = [{"terms": [rng.randint(-999, 9999) for _ in range(rng.randint(1, 40))],
               "max_new_tokens": args.max_new_tokens} for _ in range(args.prompts)]
 
-    from convert.reference import reference_outputs
+    from nextterm_mlx.convert.reference import reference_outputs
 
     started = time.perf_counter()
     reference = reference_outputs(hf_dir, cases)["cases"]

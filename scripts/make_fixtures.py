@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from convert.reference import reference_outputs  # noqa: E402
+from nextterm_mlx.convert.reference import reference_outputs  # noqa: E402
 from nextterm_mlx.resolve import TINY_CHECKPOINT  # noqa: E402
 from scripts.random_checkpoint import make_random_checkpoint  # noqa: E402
 

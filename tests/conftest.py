@@ -26,7 +26,7 @@ def reference(name: str) -> dict:
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     """Each fixture checkpoint converted once with the project's converter."""
-    from convert.converter import convert_checkpoint
+    from nextterm_mlx.convert.converter import convert_checkpoint
 
     root = tmp_path_factory.mktemp("converted")
     return {name: convert_checkpoint(checkpoint_folder(name), root / name) for name in CHECKPOINTS}

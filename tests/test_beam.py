@@ -53,7 +53,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def reference_model():
-    from convert.reference import load_reference_model
+    from nextterm_mlx.convert.reference import load_reference_model
 
     return load_reference_model(TINY_CHECKPOINT)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file as numpy_load_file
 
-import convert.converter as converter
+import nextterm_mlx.convert.converter as converter
 from conftest import FIXTURES
-from convert.converter import convert_checkpoint
+from nextterm_mlx.convert.converter import convert_checkpoint
 from nextterm_mlx.errors import UserError
 
 
@@ -81,6 +81,10 @@ def edit_config(folder: Path, **changes) -> None:
     "damage,message",
     [
         (lambda f: edit_config(f, model_type="llama", architectures=["LlamaForCausalLM"]), "not a Qwen3"),
+        (lambda f: edit_config(f, model_type="llama", architectures=["Qwen3ForCausalLM"]),
+         r"says model_type 'llama' but architectures \['Qwen3ForCausalLM'\], which disagree"),
+        (lambda f: edit_config(f, model_type="qwen3", architectures=["LlamaForCausalLM"]),
+         r"says model_type 'qwen3' but architectures \['LlamaForCausalLM'\], which disagree"),
         (lambda f: edit_config(f, vocab_size=151936), "vocab_size 151936"),
         (lambda f: (f / "config.json").unlink(), "config.json is missing"),
         (lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin"), "pickle"),
@@ -94,6 +98,18 @@ def test_bad_checkpoints_are_refused(tmp_path, damage, message):
     damage(source)
     with pytest.raises(UserError, match=message):
         convert_checkpoint(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_disagreeing_model_type_is_one_line_from_the_command(tmp_path, capsys):
+    from nextterm_mlx.cli import main
+
+    source = copy_fixture(tmp_path)
+    edit_config(source, model_type="llama", architectures=["Qwen3ForCausalLM"])
+    with pytest.raises(SystemExit) as exit:
+        main(["convert", str(source), str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert exit.value.code == 2 and out == "" and err.count("\n") == 1 and "disagree" in err, err
     assert not (tmp_path / "out").exists()
 
 

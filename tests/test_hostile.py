@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from conftest import FIXTURES, reference
-from convert.converter import convert_checkpoint
+from nextterm_mlx.convert.converter import convert_checkpoint
 from nextterm_mlx.cli import parse_terms
 from nextterm_mlx.decode import make_prediction
 from nextterm_mlx.errors import UserError

@@ -13,8 +13,8 @@ from mlx_lm import load as mlx_lm_load
 
 import nextterm_mlx
 from conftest import FIXTURES, reference
-from convert.converter import convert_checkpoint
-from convert.quantize import quantization_from_options
+from nextterm_mlx.convert.converter import convert_checkpoint
+from nextterm_mlx.convert.quantize import quantization_from_options
 
 SOURCE = FIXTURES / "untied-v5"  # 2 layers, hidden 64, FFN 192
 

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_live_transformers_matches_committed_and_mlx(name, converted):
-    from convert.reference import reference_outputs
+    from nextterm_mlx.convert.reference import reference_outputs
 
     committed = reference(name)["cases"]
     cases = [{k: case[k] for k in ("terms", "max_new_tokens", "continue")} for case in committed]

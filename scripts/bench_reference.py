@@ -1,6 +1,6 @@
 """transformers' side of the benchmark: CPU prefill and decode, one at a time and batched.
 
-    python -m convert.bench_reference CHECKPOINT DTYPE PROMPTS.json [--batch 32] [--new-tokens 16] [--no-eval]
+    python scripts/bench_reference.py CHECKPOINT DTYPE PROMPTS.json [--batch 32] [--new-tokens 16] [--no-eval]
 
 Prints one JSON object. Decoding is forced to run the full number of new
 tokens (random weights would stop anywhere), so tok/s compare like for like.
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from nextterm_mlx.bench import median_time
-from nextterm_mlx.vocab import PAD, encode_prompt
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nextterm_mlx.vocab import PAD, encode_prompt  # noqa: E402
+from scripts.bench import median_time  # noqa: E402
 
 
 def main() -> None:
