@@ -54,7 +54,8 @@ def model_options(command):
         click.option("--repo", metavar="ORG/NAME", default=None, help=f"Hub repo (default {DEFAULT_REPO})."),
         click.option("--revision", metavar="REV", default=None, help="Hub branch, tag or commit (default main)."),
         click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
-                     help="Compute dtype (default: float32 on a CPU, the stored dtype on a GPU)."),
+                     help="Compute dtype (default float32, the reference's: exact answers on every device; "
+                     "bfloat16 or float16 trade that for speed on a GPU)."),
         click.option("--cache-dir", metavar="DIR", default=None,
                      help="Converted-model cache (default ~/.cache/nextterm-mlx or $NEXTTERM_MLX_CACHE)."),
         *quantization_options(),

@@ -181,8 +181,8 @@ def load(
         `nextterm-mlx convert`. None: NextTerm-440M's `checkpoint` (default
         final_latest) from `repo` at `revision`. A checkpoint is downloaded
         and converted on first use, then loaded from the cache, offline too.
-    dtype: "float32", "bfloat16" or "float16" to compute in; by default
-        float32 on a CPU and the stored dtype on a GPU.
+    dtype: "float32" (the default, the reference's), "bfloat16" or
+        "float16" to compute in.
     max_new_tokens: the token budget for one term (the model card's 192).
     cache_dir: where converted models are kept (default ~/.cache/nextterm-mlx,
         or NEXTTERM_MLX_CACHE).
