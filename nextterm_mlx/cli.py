@@ -56,6 +56,9 @@ def model_options(command):
         click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
                      help="Compute dtype (default float32, the reference's: exact answers on every device; "
                      "bfloat16 or float16 trade that for speed on a GPU)."),
+        click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+                     help="Compute on the CPU or the GPU (default: $NEXTTERM_MLX_DEVICE, else MLX's default, "
+                     "the GPU on a Mac)."),
         click.option("--cache-dir", metavar="DIR", default=None,
                      help="Converted-model cache (default ~/.cache/nextterm-mlx or $NEXTTERM_MLX_CACHE)."),
         *quantization_options(),

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import mlx.nn as nn
 from .beam import Candidates, beam_search, greedy_candidates
 from .decode import DEFAULT_MAX_NEW_TOKENS, DecodeStats, Prediction, decode
+from .device import use_device
 from .errors import UserError
 from .loading import load_mlx_folder
 from .meta import read_meta
@@ -165,6 +166,7 @@ def load(
     repo: Optional[str] = None,
     revision: Optional[str] = None,
     dtype: Optional[str] = None,
+    device: Optional[str] = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     cache_dir: Optional[str | Path] = None,
     q_bits: Optional[int] = None,
@@ -183,6 +185,8 @@ def load(
         and converted on first use, then loaded from the cache, offline too.
     dtype: "float32" (the default, the reference's), "bfloat16" or
         "float16" to compute in.
+    device: "cpu" or "gpu" to compute on, for this process; None: the one
+        NEXTTERM_MLX_DEVICE names, else MLX's default (the GPU on a Mac).
     max_new_tokens: the token budget for one term (the model card's 192).
     cache_dir: where converted models are kept (default ~/.cache/nextterm-mlx,
         or NEXTTERM_MLX_CACHE).
@@ -196,6 +200,7 @@ def load(
     """
     from .convert.quantize import quantization_from_options
 
+    use_device(device)
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     quantization = quantization_from_options(q_bits, q_group_size, q_mode, q_recipe)

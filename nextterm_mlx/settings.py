@@ -1,8 +1,9 @@
 """The NEXTTERM_MLX_* switches, read from the environment once.
 
-They steer the Linux-CPU path (nextterm_mlx/cpu). Each is on unless its
-variable is "0"; docs/environment.md has the table of every variable.
-Tests and callers may pass their own Settings instead of the environment's.
+The device to compute on, and the switches of the Linux-CPU path
+(nextterm_mlx/cpu), each on unless its variable is "0". docs/environment.md
+has the table of every variable. Tests and callers may pass their own
+Settings instead of the environment's.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Optional
 
 
 @dataclass(frozen=True)
 class Settings:
+    # "cpu" or "gpu"; None: MLX's default device.
+    device: Optional[str] = None
     # Compute products with the system OpenBLAS (else MLX's bundled BLAS).
     blas: bool = True
     # Products of a few rows through nextterm-mlx's kernel (else OpenBLAS's GEMM).
@@ -31,6 +35,7 @@ class Settings:
 
 
 VARIABLES = {
+    "device": "NEXTTERM_MLX_DEVICE",
     "blas": "NEXTTERM_MLX_BLAS",
     "skinny": "NEXTTERM_MLX_SKINNY",
     "read_ahead": "NEXTTERM_MLX_READ_AHEAD",
@@ -44,9 +49,5 @@ VARIABLES = {
 @lru_cache(maxsize=None)
 def from_environment() -> Settings:
     """The settings the environment asks for, read on the first call only."""
-    return Settings(**{f.name: os.environ.get(VARIABLES[f.name], "1") != "0" for f in fields(Settings)})
-
-
-def switched_off(settings: Settings, name: str) -> str:
-    """How to say that a switch is off, naming its variable."""
-    return f"{VARIABLES[name]}=0" if not getattr(settings, name) else ""
+    switches = {f.name: os.environ.get(VARIABLES[f.name], "1") != "0" for f in fields(Settings) if f.type == "bool"}
+    return Settings(device=os.environ.get(VARIABLES["device"]) or None, **switches)

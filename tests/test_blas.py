@@ -66,14 +66,13 @@ def openblas_sgemm_address() -> int:
 
 # --- what is loaded, and the switches ------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(settings.VARIABLES))
+@pytest.mark.parametrize("name", [name for name in settings.VARIABLES if name != "device"])
 def test_each_switch_is_read_from_its_variable(name, monkeypatch):
     for variable in settings.VARIABLES.values():
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv(settings.VARIABLES[name], "0")
     read = settings.from_environment.__wrapped__()  # not the process's cached settings
     assert read == dataclasses.replace(Settings(), **{name: False})
-    assert settings.switched_off(read, name) == f"{settings.VARIABLES[name]}=0"
 
 
 def test_openblas_is_used_when_present_and_can_be_switched_off():
