@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable
+
+from nextterm_mlx.memory import peak_memory_bytes
 
 # New tokens per sequence in the batched-eval figures, on both sides.
 EVAL_NEW_TOKENS = 8
@@ -189,7 +190,7 @@ def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: in
             "prefill_tok_s": stats.prefill_tokens / stats.prefill_seconds,
             "decode_tok_s": stats.generated_tokens / stats.decode_seconds,
         }
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["peak_rss_gb"] = peak_memory_bytes() / 2**30
     return result
 
 
@@ -272,7 +273,7 @@ def worker_convert(hf_path: str, out: str) -> dict:
     started = time.perf_counter()
     convert_checkpoint(Path(hf_path), Path(out), force=True)
     return {"seconds": time.perf_counter() - started,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": peak_memory_bytes() / 2**30}
 
 
 def worker_bandwidth(repeats: int) -> dict:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nextterm_mlx.memory import peak_rss_bytes  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,7 +40,7 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "nextterm_mlx", "convert", str(hf_dir), str(mlx_dir), "--force"], check=True)
     convert_seconds = time.perf_counter() - started
-    convert_peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    convert_peak_gb = peak_rss_bytes(resource.RUSAGE_CHILDREN) / 2**30
 
     rng = random.Random(0)
     cases = [{"terms": [rng.randint(-999, 9999) for _ in range(rng.randint(1, 40))],

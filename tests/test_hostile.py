@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from conftest import FIXTURES, reference
 from nextterm_mlx.convert.converter import convert_checkpoint
+from nextterm_mlx.memory import peak_rss_bytes
 from nextterm_mlx.cli import parse_terms
 from nextterm_mlx.decode import make_prediction
 from nextterm_mlx.errors import UserError
@@ -281,8 +282,6 @@ def test_a_damaged_converted_folder_is_reported(tmp_path, how):
 # --- soak ----------------------------------------------------------------------------------
 
 def test_a_thousand_predictions_do_not_grow_memory():
-    import resource
-
     import nextterm_mlx
 
     predictor = nextterm_mlx.load(SOURCE)
@@ -290,8 +289,8 @@ def test_a_thousand_predictions_do_not_grow_memory():
     sequences = [[i % 7, i % 11, i % 13, i] for i in range(1000)]
     for terms in sequences[:100]:
         predictor.predict(terms)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_bytes()
     for terms in sequences:
         predictor.predict(terms)
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown_mb = (peak_rss_bytes() - before) / 2**20
     assert grown_mb < 50, f"peak RSS grew by {grown_mb:.1f} MB over 1,000 predictions"
