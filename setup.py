@@ -57,5 +57,9 @@ def primitives_extension() -> list[Extension]:
     )]
 
 
+INTEL_MAC = sys.platform == "darwin" and platform.machine() != "arm64"
+if INTEL_MAC:
+    sys.exit("nextterm-mlx needs an Apple silicon Mac (or Linux): MLX has no build for Intel Macs")
+
 on_linux = sys.platform.startswith("linux")
 setup(ext_modules=[skinny_extension(), *primitives_extension()] if on_linux else [])

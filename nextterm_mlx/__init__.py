@@ -9,6 +9,11 @@
 __version__ = "0.1.0"
 
 import os
+import platform
+import sys
+
+if sys.platform == "darwin" and platform.machine() != "arm64":
+    raise ImportError("nextterm-mlx needs an Apple silicon Mac (or Linux): MLX has no build for Intel Macs")
 
 # MLX otherwise computes float32 products as TF32 on newer Apple GPUs and on
 # CUDA, which is not the float32 the answers are checked against. MLX reads

@@ -48,3 +48,31 @@ def test_tf32_is_off_unless_the_user_turned_it_on(set_by_user, expected):
     done = subprocess.run([sys.executable, "-c", "import nextterm_mlx, os; print(os.environ['MLX_ENABLE_TF32'])"],
                           capture_output=True, text=True, env=env)
     assert done.stdout.strip() == expected, done.stderr
+
+
+def test_an_intel_mac_is_told_why_not_instead_of_failing_obscurely():
+    code = ("import platform, sys\n"
+            "sys.platform = 'darwin'\n"
+            "platform.machine = lambda: 'x86_64'\n"
+            "try:\n"
+            "    import nextterm_mlx\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "needs an Apple silicon Mac (or Linux): MLX has no build for Intel Macs" in done.stdout, done.stderr
+
+
+def test_no_mlx_requirement_applies_on_an_intel_mac_and_mlx_does_on_apple_silicon():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    requirements = [Requirement(r) for r in tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+
+    def needed(machine: str) -> set[str]:
+        environment = {"sys_platform": "darwin", "platform_machine": machine}
+        return {r.name for r in requirements if r.marker is None or r.marker.evaluate(environment)}
+
+    assert {"mlx", "mlx-lm"} <= needed("arm64")
+    assert not {"mlx", "mlx-lm"} & needed("x86_64")
