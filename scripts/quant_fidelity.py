@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# nextterm_mlx first: it can give MLX OpenBLAS only before mlx.core is loaded.
 import nextterm_mlx  # noqa: E402
 from nextterm_mlx.decode import prefill  # noqa: E402
 
