@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
+
+# Exactness is checked on the CPU, in this process and in every command the
+# tests start; test_default_device.py checks agreement on the device MLX
+# would choose (the GPU on a Mac).
+DEFAULT_DEVICE = mx.default_device()
+os.environ["NEXTTERM_MLX_DEVICE"] = "cpu"
+mx.set_default_device(mx.cpu)
 
 from nextterm_mlx.decode import greedy_step
 from nextterm_mlx.resolve import TINY_CHECKPOINT
