@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 # Before anything imports mlx.core: it binds its BLAS at import.
 from . import blas as _blas  # noqa: E402,F401
-from .decode import Prediction  # noqa: E402
+from .decode import Prediction, StopReason  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .predictor import Predictor, load  # noqa: E402
 
-__all__ = ["Prediction", "Predictor", "UserError", "load", "__version__"]
+__all__ = ["Prediction", "Predictor", "StopReason", "UserError", "load", "__version__"]

@@ -23,9 +23,6 @@ STOP_TOKENS = (SEP, EOS, PAD)
 # The token strings written into tokenizer.json, indexed by id.
 TOKEN_STRINGS = tuple("0123456789") + ("-", ",", "<bos>", "<eos>", "<pad>", "<reserved>")
 
-# Why decoding stopped, keyed by the stop token.
-STOP_REASONS = {SEP: "separator", EOS: "eos", PAD: "pad"}
-
 
 def encode_term(term: int) -> list[int]:
     """Tokens of one integer, without its separator: -12 -> [10, 1, 2]."""
