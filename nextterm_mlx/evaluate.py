@@ -165,7 +165,10 @@ def run_eval(
     the items' order (earlier ones included when resuming) and this run's
     work counters. Beam search runs `batch_size` sequences at a time too;
     speculative decoding runs one sequence at a time, so it needs a
-    `batch_size` of 1."""
+    `batch_size` of 1, and it drafts for greedy decoding only."""
+    if predictor.speculate and beams > 1:
+        raise UserError("--speculate drafts for greedy decoding, and beam search does not use it; "
+                        "drop --speculate or --beams")
     if predictor.speculate and batch_size > 1:
         raise UserError(f"--speculate decodes one sequence at a time, so it cannot run batches of {batch_size}; "
                         "pass --batch-size 1, or drop --speculate")

@@ -248,10 +248,13 @@ def test_beam_eval_honours_the_batch_size_and_reports_its_speed(tmp_path, conver
         assert record["candidates"] == [c.value for c in predictor.candidates(terms, beams=3).candidates]
 
 
-def test_speculate_with_a_batch_is_refused_in_one_line(tmp_path, converted):
+def test_speculate_with_a_batch_or_beams_is_refused_in_one_line(tmp_path, converted):
     path, _, _ = known_answer_file(tmp_path)
     done = nextterm("eval", path, "--model", converted[FIXTURE], "--speculate", check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--batch-size 1" in done.stderr, done.stderr
+    done = nextterm("eval", path, "--model", converted[FIXTURE], "--speculate", "--batch-size", 1, "--beams", 2,
+                    check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--beams" in done.stderr, done.stderr
     one = json.loads(nextterm("eval", path, "--model", converted[FIXTURE], "--speculate", "--batch-size", 1,
                               "--json").stdout)
     plain = json.loads(nextterm("eval", path, "--model", converted[FIXTURE], "--json").stdout)
