@@ -27,9 +27,9 @@ def decode_batch(
 ) -> list[list[Prediction]]:
     """The next `n_terms` terms of each prompt, decoded greedily in one batch.
 
-    Prompts of different lengths are left-padded; a row
-    leaves the batch when it has its terms or the model gives no next term
-    (the last prediction's `stop` says why). `processors` (e.g.
+    The prompts are prefilled without padding (see `prefill_unevaluated`);
+    a row leaves the batch when it has its terms or the model gives no next
+    term (the last prediction's `stop` says why). `processors` (e.g.
     `only_integers`) shape each step's logits.
     """
     stats = stats if stats is not None else DecodeStats()

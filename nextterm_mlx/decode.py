@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from .vocab import EOS, PAD, SEP, decode_term, strict_allowed
 
@@ -126,16 +126,36 @@ def prefill_batch(model: nn.Module, prompts: list[list[int]], stats: DecodeStats
 
 
 def prefill_unevaluated(model: nn.Module, prompts: list[list[int]]) -> tuple[mx.array, list[Any]]:
-    """Prefill prompts of any lengths, left-padded to the longest; the
-    float32 logits at each prompt's last token and the KV cache to step on."""
+    """Prefill prompts of any lengths without computing any padding; the
+    float32 logits at each prompt's last token and the KV cache to step on.
+
+    Prompts of one length run as one batch. Their caches are then joined
+    into one left-padded BatchKVCache per layer, so that only the decoding
+    steps attend over (masked) padding, never a forward pass computes it.
+    """
     if len(prompts) == 1:
         cache = make_prompt_cache(model)
         return prefill(model, mx.array(prompts), cache), cache
-    longest = max(len(p) for p in prompts)
-    padding = [longest - len(p) for p in prompts]
-    cache = [BatchKVCache(padding) for _ in model.layers]
-    tokens = mx.array([[PAD] * pad + prompt for pad, prompt in zip(padding, prompts)])
-    return prefill(model, tokens, cache), cache
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(index)
+    logits: list[Any] = [None] * len(prompts)
+    rows: list[Any] = [None] * len(prompts)  # each prompt's cache, layer by layer
+    for indices in by_length.values():
+        cache = make_prompt_cache(model)
+        group_logits = prefill(model, mx.array([prompts[i] for i in indices]), cache)
+        for line, index in enumerate(indices):
+            logits[index] = group_logits[line]
+            rows[index] = [cache_row(layer_cache, line) for layer_cache in cache]
+    merged = [BatchKVCache.merge([row[layer] for row in rows]) for layer in range(len(model.layers))]
+    return mx.stack(logits), merged
+
+
+def cache_row(cache: KVCache, line: int) -> KVCache:
+    """One line of a batch's KV cache, as a cache of its own."""
+    row = KVCache()
+    row.keys, row.values, row.offset = cache.keys[line : line + 1], cache.values[line : line + 1], cache.offset
+    return row
 
 
 def greedy_step(logits: mx.array) -> tuple[mx.array, mx.array]:

@@ -187,7 +187,8 @@ def run_eval(
         write_results(out, [])
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
-    # Similar lengths batch with little padding.
+    # Sorted by length, a batch holds many prompts of each length, and those
+    # prefill as one (see prefill_unevaluated).
     todo.sort(key=lambda item: len(encode_prompt(item.given)))
 
     stats, other_stats = DecodeStats(), DecodeStats()

@@ -103,3 +103,21 @@ def test_a_prompt_longer_than_the_training_context_warns(converted):
     with pytest.warns(LongPromptWarning, match="4096"):
         prompt = predictor.prompt([123456789] * 420)
     assert len(prompt) == 4201
+
+
+def test_a_batch_of_prompts_of_equal_and_unequal_lengths_equals_transformers(converted):
+    """Prefilled by length without padding, then decoded together: each prompt's
+    logits and tokens are transformers' (fixture references)."""
+    from conftest import reference
+    from nextterm_mlx.decode import DecodeStats, prefill_batch
+
+    name = "untied-v5"
+    predictor = nextterm_mlx.load(converted[name], dtype="float32")
+    cases = [c for c in reference(name)["cases"] if c["max_new_tokens"] == 192 and c["continue"] == 1][:8]
+    batch = cases + cases[::-1]  # every length at least twice
+    assert len({len(c["prompt"]) for c in batch}) > 1
+    logits, _ = prefill_batch(predictor.model, [c["prompt"] for c in batch], DecodeStats())
+    np.testing.assert_allclose(np.array(logits), [c["logits"] for c in batch], atol=1e-3, rtol=0)
+    for case, predictions in zip(batch, predictor.continue_batch([c["terms"] for c in batch], 1)):
+        assert [p.tokens for p in predictions] == case["generated"], case["terms"]
+        np.testing.assert_allclose([p.logprob for p in predictions], case["logprobs"], atol=1e-3)
