@@ -23,16 +23,16 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 from .errors import UserError  # noqa: E402
 
-__all__ = ["Prediction", "Predictor", "UserError", "load", "__version__"]
+__all__ = ["Prediction", "Predictor", "StopReason", "UserError", "load", "__version__"]
 
 
 def __getattr__(name: str):
     """The API, imported on first use: importing the converter
     (nextterm_mlx.convert) or the vocabulary does not load it."""
-    if name == "Prediction":
-        from .decode import Prediction
+    if name in ("Prediction", "StopReason"):
+        from . import decode
 
-        return Prediction
+        return getattr(decode, name)
     if name in ("Predictor", "load"):
         from . import predictor
 

@@ -1,4 +1,5 @@
-"""Greedy decoding of next terms, for one sequence or a batch of them.
+"""What every decoding strategy shares: prefill, the greedy choice and its
+log-probability, logits processors, term bookkeeping, stop reasons, timing.
 
 The reference is the model card's call, `model.generate(ids,
 max_new_tokens=192, do_sample=False, eos_token_id=[11, 13, 14])`: take the
@@ -6,33 +7,49 @@ most likely token until a separator, EOS or PAD comes out (it is kept) or
 the token budget runs out. To continue a sequence, the separator that ended
 a term is fed back through the same KV cache, as if the prompt had included
 that term.
+
+The strategies over this core: `batch` (several sequences, left-padded),
+`static_cache` (one sequence, a compiled step), `speculative` (drafts
+verified exactly) and `beam` (ranked candidates).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from enum import Enum
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
-from .vocab import PAD, SEP, STOP_REASONS, decode_term, strict_allowed
+from .vocab import EOS, MAX_NEW_TOKENS, PAD, SEP, decode_term, strict_allowed
 
-DEFAULT_MAX_NEW_TOKENS = 192
+DEFAULT_MAX_NEW_TOKENS = MAX_NEW_TOKENS
 
 # Prompts longer than this are prefilled in chunks, as mlx-lm does, to bound
 # the attention scores' memory.
 PREFILL_CHUNK = 2048
 
-# Batches smaller than this feed each step's tokens before the host reads
-# them. Larger ones wait for each step: building the next graph early saves
-# little against a long step, and on two cores the host thread then competes
-# with the ones computing. 440M shape, both ways taken in turn: a batch-32
-# forward 363 ms waiting against 382 pipelined (separate runs: 366 against
-# 406-423); at batches of 1, 4 and 8 the two were within noise.
-PIPELINE_MAX_ROWS = 16
+
+class StopReason(str, Enum):
+    """Why a term's decoding stopped. A str, so JSON holds the bare value."""
+
+    SEPARATOR = "separator"  # a term was completed
+    EOS = "eos"  # the model ended the sequence
+    PAD = "pad"  # likewise
+    MAX_TOKENS = "max_tokens"  # the token budget ran out
+    MALFORMED = "malformed"  # a separator came after tokens that spell no integer
+    NO_CANDIDATE = "no_candidate"  # beam search found no integer
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The stop reason each stop token gives.
+STOPPED_BY = {SEP: StopReason.SEPARATOR, EOS: StopReason.EOS, PAD: StopReason.PAD}
 
 
 @dataclass
@@ -40,41 +57,55 @@ class Prediction:
     """One predicted term.
 
     value: the integer, or None when the model gave no well-formed term.
-    stop: "separator" (a term was completed), "eos" or "pad" (the model ended
-        the sequence), "max_tokens" (the budget ran out) or "malformed" (a
-        separator came after tokens that spell no integer).
+    stop: why decoding stopped (a StopReason; "separator" when a term was
+        completed).
     tokens: the generated token ids, the stop token included.
     logprob: the sum of the generated tokens' log-probabilities.
     """
 
     value: Optional[int]
-    stop: str
+    stop: StopReason
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "stop": self.stop, "tokens": self.tokens, "logprob": self.logprob}
+        return {"value": self.value, "stop": self.stop.value, "tokens": self.tokens, "logprob": self.logprob}
+
+
+def make_prediction(tokens: list[int], logprob: float) -> Prediction:
+    """Read the generated tokens as a term and say why decoding stopped."""
+    last = tokens[-1]
+    if last not in STOPPED_BY:
+        return Prediction(None, StopReason.MAX_TOKENS, tokens, logprob)
+    if last != SEP:
+        return Prediction(None, STOPPED_BY[last], tokens, logprob)
+    value = decode_term(tokens[:-1])
+    return Prediction(value, StopReason.SEPARATOR if value is not None else StopReason.MALFORMED, tokens, logprob)
 
 
 @dataclass
 class DecodeStats:
-    """Where decoding time goes: prompt processing vs token generation."""
+    """Where decoding time goes: prompt processing vs token generation.
+    generated_tokens counts the tokens the decoding steps chose; for beam
+    search, those of every live hypothesis."""
 
     prefill_tokens: int = 0
     prefill_seconds: float = 0.0
     generated_tokens: int = 0
     decode_seconds: float = 0.0
 
+    @contextmanager
+    def prefilling(self, prompts: Sequence[Sequence[int]]) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.prefill_tokens += sum(len(prompt) for prompt in prompts)
+        self.prefill_seconds += time.perf_counter() - started
 
-def make_prediction(tokens: list[int], logprob: float) -> Prediction:
-    """Read the generated tokens as a term and say why decoding stopped."""
-    last = tokens[-1]
-    if last not in STOP_REASONS:
-        return Prediction(None, "max_tokens", tokens, logprob)
-    if last != SEP:
-        return Prediction(None, STOP_REASONS[last], tokens, logprob)
-    value = decode_term(tokens[:-1])
-    return Prediction(value, "separator" if value is not None else "malformed", tokens, logprob)
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.decode_seconds += time.perf_counter() - started
 
 
 def prefill(model: nn.Module, tokens: mx.array, cache: list[Any]) -> mx.array:
@@ -85,18 +116,86 @@ def prefill(model: nn.Module, tokens: mx.array, cache: list[Any]) -> mx.array:
     return logits[:, -1].astype(mx.float32)
 
 
+def prefill_batch(model: nn.Module, prompts: list[list[int]], stats: DecodeStats) -> tuple[mx.array, list[Any]]:
+    """The float32 logits at each prompt's last token and the KV cache to
+    step on, computed (and timed in `stats`) before they are returned."""
+    with stats.prefilling(prompts):
+        logits, cache = prefill_unevaluated(model, prompts)
+        mx.eval(logits, [(layer_cache.keys, layer_cache.values) for layer_cache in cache])
+    return logits, cache
+
+
+def prefill_unevaluated(model: nn.Module, prompts: list[list[int]]) -> tuple[mx.array, list[Any]]:
+    """Prefill prompts of any lengths without computing any padding; the
+    float32 logits at each prompt's last token and the KV cache to step on.
+
+    Prompts of one length run as one batch. Their caches are then joined
+    into one left-padded BatchKVCache per layer, so that only the decoding
+    steps attend over (masked) padding, never a forward pass computes it.
+    """
+    if len(prompts) == 1:
+        cache = make_prompt_cache(model)
+        return prefill(model, mx.array(prompts), cache), cache
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(index)
+    logits: list[Any] = [None] * len(prompts)
+    rows: list[Any] = [None] * len(prompts)  # each prompt's cache, layer by layer
+    for indices in by_length.values():
+        cache = make_prompt_cache(model)
+        group_logits = prefill(model, mx.array([prompts[i] for i in indices]), cache)
+        for line, index in enumerate(indices):
+            logits[index] = group_logits[line]
+            rows[index] = [cache_row(layer_cache, line) for layer_cache in cache]
+    merged = [BatchKVCache.merge([row[layer] for row in rows]) for layer in range(len(model.layers))]
+    return mx.stack(logits), merged
+
+
+def cache_row(cache: KVCache, line: int) -> KVCache:
+    """One line of a batch's KV cache, as a cache of its own."""
+    row = KVCache()
+    row.keys, row.values, row.offset = cache.keys[line : line + 1], cache.values[line : line + 1], cache.offset
+    return row
+
+
 def greedy_step(logits: mx.array) -> tuple[mx.array, mx.array]:
-    """The most likely token of each row and its log-probability (lazy)."""
+    """The most likely token at each position of `logits` (..., vocab) and
+    its log-probability (lazy)."""
     tokens = mx.argmax(logits, axis=-1)
-    logprobs = mx.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+    logprobs = mx.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0] - mx.logsumexp(logits, axis=-1)
     return tokens, logprobs
 
 
-def mask_to_integers(logits: mx.array, terms: list[list[int]]) -> mx.array:
-    """Logits with every token that cannot continue each row's partial term
-    into a canonical integer set to -inf."""
-    allowed = mx.array([strict_allowed(term) for term in terms])
+# A logits processor takes the logits (rows, vocab) and each row's partial
+# term (the tokens generated since the last separator), and gives the logits
+# to choose from. Log-probabilities are then over what it leaves.
+LogitsProcessor = Callable[[mx.array, Sequence[Sequence[int]]], mx.array]
+
+
+def only_integers(logits: mx.array, partial_terms: Sequence[Sequence[int]]) -> mx.array:
+    """`strict` decoding: every token that cannot continue a row's partial
+    term into a canonical integer is set to -inf."""
+    allowed = mx.array([strict_allowed(term) for term in partial_terms])
     return mx.where(allowed, logits, -mx.inf)
+
+
+def processors_for(strict: bool) -> tuple[LogitsProcessor, ...]:
+    return (only_integers,) if strict else ()
+
+
+def apply_processors(
+    logits: mx.array, partial_terms: Sequence[Sequence[int]], processors: Sequence[LogitsProcessor]
+) -> mx.array:
+    for processor in processors:
+        logits = processor(logits, partial_terms)
+    return logits
+
+
+def choose(
+    logits: mx.array, partial_terms: Sequence[Sequence[int]], processors: Sequence[LogitsProcessor]
+) -> tuple[mx.array, mx.array]:
+    """The greedy token of each row and its log-probability, after the processors."""
+    return greedy_step(apply_processors(logits, partial_terms, processors))
 
 
 @dataclass
@@ -106,14 +205,14 @@ class Terms:
     n_terms: int
     max_new_tokens: int
     predictions: list[Prediction] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # the partial term
     logprob: float = 0.0
 
     def add(self, token: int, logprob: float) -> bool:
         """Record a generated token; True when the sequence needs no more."""
         self.tokens.append(token)
         self.logprob += logprob
-        if token not in STOP_REASONS and len(self.tokens) < self.max_new_tokens:
+        if token not in STOPPED_BY and len(self.tokens) < self.max_new_tokens:
             return False
         prediction = make_prediction(self.tokens, self.logprob)
         self.predictions.append(prediction)
@@ -121,75 +220,49 @@ class Terms:
         return prediction.value is None or len(self.predictions) == self.n_terms
 
 
-def decode(
-    model: nn.Module,
-    prompts: list[list[int]],
-    n_terms: int = 1,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    stats: Optional[DecodeStats] = None,
-    strict: bool = False,
-) -> list[list[Prediction]]:
-    """The next `n_terms` terms of each prompt, decoded greedily in one batch.
+Step = tuple[mx.array, mx.array]  # each line's chosen token and its log-probability
 
-    Prompts of different lengths are left-padded; a row leaves the batch when
-    it has its terms or the model gives no next term (the last prediction's
-    `stop` says why). `strict` masks the logits so that only canonical
-    integers can come out (log-probabilities are then over allowed tokens).
+
+def greedy_loop(
+    rows: list[Terms],
+    first: Step,
+    step: Callable[[mx.array, list[int]], Step],
+    stats: DecodeStats,
+    pipelined: bool,
+    keep_lines: Optional[Callable[[mx.array], None]] = None,
+) -> None:
+    """Feed each row's chosen tokens back until every row has its terms.
+
+    `first` is the choice after the prefill; `step(tokens, lines)` feeds one
+    token to each line of the batch and gives the next choice (`lines`: the
+    row each line computes). Pipelined, each step's tokens are fed before
+    the host reads them, so the next forward pass overlaps the bookkeeping;
+    a pipelined step cannot depend on the rows' partial terms. A finished row
+    stays in the batch, its tokens ignored, until no more than half the lines
+    are still needed; then `keep_lines` (if given) drops the others: dropping
+    copies every layer's cache, which costs more than a few spare rows.
     """
-    stats = stats if stats is not None else DecodeStats()
-    started = time.perf_counter()
-    longest = max(len(p) for p in prompts)
-    padding = [longest - len(p) for p in prompts]
-    if len(prompts) == 1:
-        cache = make_prompt_cache(model)
-    else:
-        cache = [BatchKVCache(padding) for _ in model.layers]
-    tokens = mx.array([[PAD] * pad + prompt for pad, prompt in zip(padding, prompts)])
-    logits = prefill(model, tokens, cache)
-    mx.eval(logits)
-    stats.prefill_tokens += sum(len(p) for p in prompts)
-    stats.prefill_seconds += time.perf_counter() - started
-
-    started = time.perf_counter()
-    rows = [Terms(n_terms, max_new_tokens) for _ in prompts]
-    # The row each line of the batch computes. A finished row stays in the
-    # batch, its tokens ignored, until no more than half the lines are still
-    # needed: dropping lines copies every layer's cache, which costs more
-    # than computing a few spare rows.
-    lines = list(range(len(prompts)))
+    lines = list(range(len(rows)))
     finished: set[int] = set()
-    if strict:
-        logits = mask_to_integers(logits, [[] for _ in prompts])
-    step = greedy_step(logits)
-    pipelined = not strict and len(prompts) < PIPELINE_MAX_ROWS
-    while True:
-        if pipelined:
-            # Feed this step's tokens before reading them on the host, so the
-            # next forward pass overlaps the bookkeeping.
-            following = greedy_step(model(step[0][:, None], cache=cache)[:, -1].astype(mx.float32))
-            mx.async_eval(*following)
-        for index, token, logprob in zip(lines, step[0].tolist(), step[1].tolist()):
-            if index not in finished:
-                stats.generated_tokens += 1
-                if rows[index].add(token, logprob):
-                    finished.add(index)
-        if len(finished) == len(rows):
-            break
-        needed = [line for line, index in enumerate(lines) if index not in finished]
-        if len(needed) <= len(lines) // 2:
-            kept = mx.array(needed)
-            for layer_cache in cache:
-                layer_cache.filter(kept)
-            lines = [lines[line] for line in needed]
-            step = (step[0][kept], step[1][kept])
+    current = first
+    with stats.decoding():
+        while True:
             if pipelined:
-                following = (following[0][kept], following[1][kept])
-        if pipelined:
-            step = following
-        else:
-            logits = model(step[0][:, None], cache=cache)[:, -1].astype(mx.float32)
-            if strict:
-                logits = mask_to_integers(logits, [rows[index].tokens for index in lines])
-            step = greedy_step(logits)
-    stats.decode_seconds += time.perf_counter() - started
-    return [row.predictions for row in rows]
+                following = step(current[0], lines)
+                mx.async_eval(*following)
+            for index, token, logprob in zip(lines, current[0].tolist(), current[1].tolist()):
+                if index not in finished:
+                    stats.generated_tokens += 1
+                    if rows[index].add(token, logprob):
+                        finished.add(index)
+            if len(finished) == len(rows):
+                return
+            needed = [line for line, index in enumerate(lines) if index not in finished]
+            if keep_lines is not None and len(needed) <= len(lines) // 2:
+                kept = mx.array(needed)
+                keep_lines(kept)
+                lines = [lines[line] for line in needed]
+                current = (current[0][kept], current[1][kept])
+                if pipelined:
+                    following = (following[0][kept], following[1][kept])
+            current = following if pipelined else step(current[0], lines)

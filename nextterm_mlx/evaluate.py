@@ -15,13 +15,14 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from tqdm import tqdm
 
-from .decode import DecodeStats
+from .decode import DecodeStats, StopReason
 from .distributed import all_gather_bytes, world
 from .errors import UserError
 from .beam import Candidates
@@ -120,7 +121,7 @@ def beam_result_line(item: Item, found: Candidates, beams: int) -> dict[str, Any
         "top_k_correct": item.expected[0] in values,
         "beams": beams,
         "candidates": values,
-        "stop": "separator" if values else "no_candidate",
+        "stop": found.stop,
         "tokens": len(found.candidates[0].tokens) if values else 0,
     }
 
@@ -162,7 +163,15 @@ def run_eval(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Evaluate `items`, appending to `out` batch by batch; all results in
     the items' order (earlier ones included when resuming) and this run's
-    work counters."""
+    work counters. Beam search runs `batch_size` sequences at a time too;
+    speculative decoding runs one sequence at a time, so it needs a
+    `batch_size` of 1, and it drafts for greedy decoding only."""
+    if predictor.speculate and beams > 1:
+        raise UserError("--speculate drafts for greedy decoding, and beam search does not use it; "
+                        "drop --speculate or --beams")
+    if predictor.speculate and batch_size > 1:
+        raise UserError(f"--speculate decodes one sequence at a time, so it cannot run batches of {batch_size}; "
+                        "pass --batch-size 1, or drop --speculate")
     done: list[dict[str, Any]] = []
     if out is not None and resume and out.exists():
         done = read_results(out)
@@ -178,7 +187,8 @@ def run_eval(
         write_results(out, [])
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
-    # Similar lengths batch with little padding.
+    # Sorted by length, a batch holds many prompts of each length, and those
+    # prefill as one (see prefill_unevaluated).
     todo.sort(key=lambda item: len(encode_prompt(item.given)))
 
     stats, other_stats = DecodeStats(), DecodeStats()
@@ -193,7 +203,8 @@ def run_eval(
             given = [item.given for item in batch]
             n_terms = len(batch[0].expected)
             if beams > 1:
-                lines = [beam_result_line(item, predictor.candidates(item.given, beams), beams) for item in batch]
+                found = predictor.candidates_batch(given, beams, stats=stats)
+                lines = [beam_result_line(item, f, beams) for item, f in zip(batch, found)]
             else:
                 predictions = predictor.continue_batch(given, n_terms, stats)
                 others = other.continue_batch(given, n_terms, other_stats) if other else [None] * len(batch)
@@ -301,6 +312,10 @@ def accuracy_table(results: Iterable[dict[str, Any]], key, buckets) -> dict[str,
     return {name: {"n": len(v), "accuracy": sum(v) / len(v)} for name, v in groups.items() if v}
 
 
+# The stops that leave no answer at all (a malformed one is "unparseable").
+ABSENT = (StopReason.EOS, StopReason.PAD, StopReason.MAX_TOKENS, StopReason.NO_CANDIDATE)
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy and its breakdown, from the result lines alone."""
     total = len(results)
@@ -311,8 +326,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "correct": correct,
         "accuracy": correct / total if total else 0.0,
         "ci95": list(wilson_interval(correct, total)),
-        "unparseable": sum(r["stop"] == "malformed" for r in wrong),
-        "absent": sum(r["stop"] in ("eos", "pad", "max_tokens") for r in wrong),
+        "unparseable": sum(r["stop"] == StopReason.MALFORMED for r in wrong),
+        "absent": sum(r["stop"] in ABSENT for r in wrong),
+        "stops": dict(sorted(Counter(str(r["stop"]) for r in results).items())),
         "by_answer_digits": accuracy_table(results, lambda r: answer_digits(r["expected"]), DIGIT_BUCKETS),
         "by_given_terms": accuracy_table(results, lambda r: r["given"], GIVEN_BUCKETS),
     }

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import mlx.nn as nn
-from .beam import Candidates, beam_search, greedy_candidates
-from .decode import DEFAULT_MAX_NEW_TOKENS, DecodeStats, Prediction, decode
+from .batch import decode_batch
+from .beam import Candidates, beam_search_batch, greedy_candidates
+from .decode import DEFAULT_MAX_NEW_TOKENS, DecodeStats, Prediction, processors_for
 from .device import use_device
-from .errors import UserError
+from .errors import LongPromptWarning, UserError
 from .loading import load_mlx_folder
 from .meta import read_meta
 from .resolve import resolve_model
@@ -102,16 +104,20 @@ class Predictor:
         strict: bool = False,
     ) -> list[list[Prediction]]:
         """`continue_sequence` for several sequences at once, decoded as one
-        left-padded batch: faster per sequence, same predictions."""
+        batch: faster per sequence, same predictions. With `speculate`, the
+        sequences are decoded one after another instead (each keeps its own
+        number of drafts), with the same predictions too."""
         if n < 1:
             raise UserError(f"the number of terms to predict must be at least 1, not {n}")
         prompts = [self.prompt(terms) for terms in sequences]
-        if self.speculate and not strict:
-            return [decode_speculative(self.model, prompt, n, self.max_new_tokens, stats, self.speculation)
+        processors = processors_for(strict)
+        if self.speculate:
+            return [decode_speculative(self.model, prompt, n, self.max_new_tokens, stats, self.speculation, processors)
                     for prompt in prompts]
-        if len(prompts) == 1 and not strict and self.static_decoder is not None:
+        # The compiled step chooses its tokens itself: a processor needs the batch path.
+        if len(prompts) == 1 and not processors and self.static_decoder is not None:
             return [decode_one(self.static_decoder, prompts[0], n, self.max_new_tokens, stats)]
-        return decode(self.model, prompts, n, self.max_new_tokens, stats, strict)
+        return decode_batch(self.model, prompts, n, self.max_new_tokens, stats, processors)
 
     def candidates(
         self, terms: Sequence[int], beams: int = 4, top: Optional[int] = None, strict: bool = False
@@ -119,14 +125,26 @@ class Predictor:
         """The `top` (default: `beams`) most likely next terms by beam search
         with `beams` beams, best first, with their probabilities. One beam is
         exactly greedy decoding."""
+        return self.candidates_batch([terms], beams, top, strict)[0]
+
+    def candidates_batch(
+        self,
+        sequences: Sequence[Sequence[int]],
+        beams: int = 4,
+        top: Optional[int] = None,
+        strict: bool = False,
+        stats: Optional[DecodeStats] = None,
+    ) -> list[Candidates]:
+        """`candidates` for several sequences, their hypotheses searched in one batch."""
         if beams < 1:
             raise UserError(f"the number of beams must be at least 1, not {beams}")
         top = beams if top is None else top
         if not 1 <= top <= beams:
             raise UserError(f"top must be between 1 and the number of beams ({beams}), not {top}")
         if beams == 1:
-            return greedy_candidates(self.predict(terms, strict))
-        return beam_search(self.model, self.prompt(terms), beams, top, self.max_new_tokens, strict)
+            return [greedy_candidates(p[0]) for p in self.continue_batch(sequences, 1, stats, strict)]
+        prompts = [self.prompt(terms) for terms in sequences]
+        return beam_search_batch(self.model, prompts, beams, top, self.max_new_tokens, processors_for(strict), stats)
 
     def prompt(self, terms: Sequence[int]) -> list[int]:
         """The token ids for `terms`, refused if longer than the model can read."""
@@ -145,8 +163,8 @@ class Predictor:
                 "(max_position_embeddings); give fewer or shorter terms"
             )
         if len(prompt) > TRAINING_CONTEXT:
-            print(f"nextterm-mlx: warning: the sequence is {len(prompt)} tokens long, more than the "
-                  f"{TRAINING_CONTEXT} NextTerm-440M was trained on; predictions may be poor", file=sys.stderr)
+            warnings.warn(f"the sequence is {len(prompt)} tokens long, more than the {TRAINING_CONTEXT} "
+                          "NextTerm-440M was trained on; predictions may be poor", LongPromptWarning)
         return prompt
 
 
@@ -195,8 +213,9 @@ def load(
         mixed_4_8 recipe), converted from the same source and cached.
     keep_quantized: on a CPU, run quantized weights as they are instead of
         dequantizing them to float32 (MLX's CPU quantized matmul is slow).
-    speculate: decode one sequence at a time with drafts from prompt lookup,
-        verified so that the predictions are exactly greedy decoding's.
+    speculate: decode with drafts from prompt lookup, verified so that the
+        predictions are exactly greedy decoding's; one sequence at a time,
+        even when several are given together.
     """
     from .convert.quantize import quantization_from_options
 

@@ -1,34 +1,33 @@
 """One-sequence decoding with a compiled step over a fixed-capacity KV cache.
 
 Per-token work besides the weight products (building and dispatching the
-graph of ~28 x 15 operations; on a CPU, MLX's one-thread elementwise kernels
-too) limits a small or GPU-resident model. mx.compile fuses and replays it:
-on our 2-core CPU a 28-layer hidden-64 model decodes 1.7x faster, the 440M
-model ~10% faster (another ~10% with the rotary embedding computed once a
-step: see rotation.py). But a compiled function is traced once per input
-shape, and mlx-lm's KV cache grows by one position a step. Here the cache
-is a buffer of fixed capacity (a multiple of CAPACITY_STEP positions) and
-the write position is an array, so one traced step serves every position
-up to the capacity; positions past the written ones are masked out. The
-model is still mlx-lm's Qwen3: only its cache object is ours.
+graph of some 28 x 15 operations; on a CPU, MLX's one-thread elementwise
+kernels too) limits a small or GPU-resident model. mx.compile fuses and
+replays it. But a compiled function is traced once per input shape, and
+mlx-lm's KV cache grows by one position a step. Here the cache is a buffer
+of fixed capacity (a multiple of CAPACITY_STEP positions) and the write
+position is an array, so one traced step serves every position up to the
+capacity; positions past the written ones are masked out. The model sees
+an ordinary KV cache interface (PositionedCache) whose offset is an array,
+and rotates the step's position with it.
+
+The step chooses its token inside the compiled function, so it takes no
+logits processors: `strict` decoding of one sequence runs as a batch of one.
 """
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .decode import PREFILL_CHUNK, DecodeStats, Prediction, Terms, greedy_step
+from .decode import PREFILL_CHUNK, DecodeStats, Prediction, Terms, greedy_loop, greedy_step
 
-# The step attends over the buffers' whole capacity, written or not: on the
-# 440M model here, 128 unwritten positions cost ~3.5% of a step (72.7 against
-# 75.3 ms with a capacity of 128 instead of 256, alternating in one process).
-# Each capacity is traced once per process (~50 ms for the 440M model), so
-# the capacity follows the sequence in steps of this many positions.
+# The step attends over the buffers' whole capacity, written or not, so
+# unwritten positions cost time; but each capacity is traced once per
+# process. The capacity follows the sequence in steps of this many positions.
 CAPACITY_STEP = 32
 
 
@@ -120,25 +119,13 @@ def decode_one(
     max_new_tokens: int,
     stats: Optional[DecodeStats] = None,
 ) -> list[Prediction]:
-    """Greedy decoding of one sequence with the compiled step, pipelined:
-    each token is fed before the host reads it (a feed past the last token
-    costs only time: the next sequence starts over)."""
+    """Greedy decoding of one sequence with the compiled step, pipelined (a
+    feed past the last token costs only time: the next sequence starts over)."""
     stats = stats if stats is not None else DecodeStats()
-    started = time.perf_counter()
-    decoder.reset()
-    choice, logprob = greedy_step(decoder.prefill(prompt))
-    mx.eval(choice, logprob)
-    stats.prefill_tokens += len(prompt)
-    stats.prefill_seconds += time.perf_counter() - started
-
-    started = time.perf_counter()
+    with stats.prefilling([prompt]):
+        decoder.reset()
+        first = greedy_step(decoder.prefill(prompt))
+        mx.eval(*first)
     terms = Terms(n_terms, max_new_tokens)
-    while True:
-        following = decoder.step(choice)
-        mx.async_eval(*following)
-        stats.generated_tokens += 1
-        if terms.add(choice.item(), logprob.item()):
-            break
-        choice, logprob = following
-    stats.decode_seconds += time.perf_counter() - started
+    greedy_loop([terms], first, lambda token, _: decoder.step(token), stats, pipelined=True)
     return terms.predictions

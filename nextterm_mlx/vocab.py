@@ -25,9 +25,6 @@ MAX_NEW_TOKENS = 192
 # The token strings written into tokenizer.json, indexed by id.
 TOKEN_STRINGS = tuple("0123456789") + ("-", ",", "<bos>", "<eos>", "<pad>", "<reserved>")
 
-# Why decoding stopped, keyed by the stop token.
-STOP_REASONS = {SEP: "separator", EOS: "eos", PAD: "pad"}
-
 
 def encode_term(term: int) -> list[int]:
     """Tokens of one integer, without its separator: -12 -> [10, 1, 2]."""

@@ -213,3 +213,49 @@ def test_two_ranks_on_loopback_equal_one(tmp_path, converted):
     assert merged_out.read_text() == single_out.read_text()
     assert sorted(p.name for p in tmp_path.glob("merged.jsonl.rank*")) == ["merged.jsonl.rank0-of-2",
                                                                           "merged.jsonl.rank1-of-2"]
+
+
+def test_summary_counts_every_stop_reason():
+    """Hand-made result lines: a beam search's no_candidate leaves no answer, as eos, pad and max_tokens do."""
+    from nextterm_mlx.evaluate import summarize
+
+    stops = ["separator", "separator", "malformed", "eos", "pad", "max_tokens", "no_candidate", "no_candidate"]
+    results = [{"id": str(i), "given": 3, "expected": 5, "predicted": 5 if i == 0 else None, "correct": i == 0,
+                "stop": stop} for i, stop in enumerate(stops)]
+    summary = summarize(results)
+    assert (summary["unparseable"], summary["absent"]) == (1, 5)
+    assert summary["stops"] == {"eos": 1, "malformed": 1, "max_tokens": 1, "no_candidate": 2, "pad": 1,
+                                "separator": 2}
+
+
+def test_beam_eval_honours_the_batch_size_and_reports_its_speed(tmp_path, converted):
+    path, _, total = known_answer_file(tmp_path)
+    runs = {}
+    for batch_size in (1, 5):
+        out = tmp_path / f"beams-b{batch_size}.jsonl"
+        summary = json.loads(nextterm("eval", path, "--model", converted[FIXTURE], "--beams", 3, "--batch-size",
+                                      batch_size, "--json", "--out", out).stdout)
+        assert summary["throughput"]["generated_tokens_per_second"] > 0
+        assert summary["throughput"]["prefill_tokens_per_second"] > 0
+        assert sum(summary["stops"].values()) == total
+        runs[batch_size] = [{k: r[k] for k in ("id", "candidates", "stop")} for r in map(json.loads, out.open())]
+    assert runs[5] == runs[1]
+    # Each sequence's beam search on its own, through the API.
+    import nextterm_mlx
+
+    predictor = nextterm_mlx.load(converted[FIXTURE])
+    for record, (terms, _, _) in zip(runs[1], reference_sequences()):
+        assert record["candidates"] == [c.value for c in predictor.candidates(terms, beams=3).candidates]
+
+
+def test_speculate_with_a_batch_or_beams_is_refused_in_one_line(tmp_path, converted):
+    path, _, _ = known_answer_file(tmp_path)
+    done = nextterm("eval", path, "--model", converted[FIXTURE], "--speculate", check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--batch-size 1" in done.stderr, done.stderr
+    done = nextterm("eval", path, "--model", converted[FIXTURE], "--speculate", "--batch-size", 1, "--beams", 2,
+                    check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--beams" in done.stderr, done.stderr
+    one = json.loads(nextterm("eval", path, "--model", converted[FIXTURE], "--speculate", "--batch-size", 1,
+                              "--json").stdout)
+    plain = json.loads(nextterm("eval", path, "--model", converted[FIXTURE], "--json").stdout)
+    assert without_timing(one) == without_timing(plain)
