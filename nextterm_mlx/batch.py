@@ -10,11 +10,16 @@ import mlx.nn as nn
 from .decode import (DEFAULT_MAX_NEW_TOKENS, DecodeStats, LogitsProcessor, Prediction, Terms, choose,
                      greedy_loop, prefill_batch)
 
-# Batches smaller than this feed each step's tokens before the host reads
-# them. Larger ones wait for each step: building the next graph early saves
-# little against a long step, and on a CPU with few cores the host thread
-# then competes with the ones computing.
-PIPELINE_MAX_ROWS = 16
+# On a CPU, batches smaller than this feed each step's tokens before the
+# host reads them. Larger ones wait for each step: building the next graph
+# early saves little against a long step, and on a CPU with few cores the
+# host thread then competes with the ones computing. A GPU computes while
+# the host builds, so there every batch is fed ahead.
+CPU_PIPELINE_MAX_ROWS = 16
+
+
+def feeds_ahead(rows: int) -> bool:
+    return mx.default_device().type == mx.DeviceType.gpu or rows < CPU_PIPELINE_MAX_ROWS
 
 
 def decode_batch(
@@ -45,6 +50,6 @@ def decode_batch(
             layer_cache.filter(kept)
 
     first = choose(logits, [[] for _ in prompts], processors)
-    pipelined = not processors and len(prompts) < PIPELINE_MAX_ROWS
+    pipelined = not processors and feeds_ahead(len(prompts))
     greedy_loop(rows, first, step, stats, pipelined, keep_lines if len(prompts) > 1 else None)
     return [row.predictions for row in rows]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import mlx.core as mx
 from tqdm import tqdm
 
 from .decode import DecodeStats, StopReason
@@ -214,6 +215,9 @@ def run_eval(
                 sink.flush()
             done += lines
             correct += sum(line["correct"] for line in lines)
+            # The batch's KV caches are free again; MLX would keep their
+            # buffers for reuse, which a laptop's memory feels over a long eval.
+            mx.clear_cache()
             bar.update(len(batch))
             bar.set_postfix(accuracy=f"{correct / len(done):.1%}")
     finally:

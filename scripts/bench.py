@@ -392,6 +392,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
 
     report = {
         "date": date.today().isoformat(),
+        "eval_sequences_per_second": {batch: ours[f"eval_b{batch}"]["sequences_per_second"] for batch in (1, 8, 32)},
         "quick": quick,
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
                     "device": str(mx.default_device())},
@@ -419,6 +420,11 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "decode_vs_without_skinny_kernel": ratio(ours["decode_tok_s"], through_sgemm["decode_tok_s"]),
         "bandwidth_fraction": ours["bandwidth_fraction"],
         "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
+        # A larger batch must never be slower per sequence: both at least 1.
+        "eval_sequences_b8_vs_b1": ratio(ours["eval_b8"]["sequences_per_second"],
+                                         ours["eval_b1"]["sequences_per_second"]),
+        "eval_sequences_b32_vs_b8": ratio(ours["eval_b32"]["sequences_per_second"],
+                                          ours["eval_b8"]["sequences_per_second"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
                                            torch_bf16["eval_sequences_per_second"]),
         "speculative_speedup_tiny": ratio(speculation["plain_decode_seconds"],

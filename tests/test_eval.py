@@ -259,3 +259,24 @@ def test_speculate_with_a_batch_or_beams_is_refused_in_one_line(tmp_path, conver
                               "--json").stdout)
     plain = json.loads(nextterm("eval", path, "--model", converted[FIXTURE], "--json").stdout)
     assert without_timing(one) == without_timing(plain)
+
+
+def test_eval_hands_mlx_its_cached_buffers_back_after_each_batch(tmp_path, converted, monkeypatch):
+    import mlx.core as mx
+
+    import nextterm_mlx
+    from nextterm_mlx import evaluate
+    from nextterm_mlx.evaluate import Item, run_eval
+
+    held_before_clearing = []
+    clear_cache = mx.clear_cache
+
+    def recording_clear_cache():
+        held_before_clearing.append(mx.get_cache_memory())
+        clear_cache()
+
+    monkeypatch.setattr(evaluate.mx, "clear_cache", recording_clear_cache)
+    items = [Item(f"s{i}", terms, [value]) for i, (terms, value, _) in enumerate(reference_sequences(6))]
+    run_eval(nextterm_mlx.load(converted[FIXTURE]), items, None, batch_size=2, progress=False)
+    assert len(held_before_clearing) == 3
+    assert all(held > 0 for held in held_before_clearing)  # there was something to give back
