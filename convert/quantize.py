@@ -9,7 +9,7 @@ Scales and biases are computed from float32 weights, and 8-bit layers keep
 them in float32. Quantizing a bfloat16 model the usual way rounds them to
 bfloat16, which can move the top level of 255 by half a step as well: as
 much error again as 8-bit rounding itself. At 4 bits (15 steps) that shift
-is 0.03 of a step, so those stay in the model's dtype, at 11-20% less size.
+is 0.03 of a step, so those stay in the model's dtype, in a smaller file.
 Loaders cast them to the dtype they compute in (nextterm_mlx.loading).
 """
 

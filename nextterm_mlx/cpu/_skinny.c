@@ -8,8 +8,8 @@
  * the memory bandwidth, whether there are 1 or 8 rows. Such a product only has to
  * stream the weights once: a Linear layer on 1 to 64 rows goes to the kernel
  * below, which does that with every core. One vector times a small matrix
- * (attention over the KV cache, one head at a time) is computed here on the
- * calling thread; other one-vector products go to OpenBLAS's sgemv.
+ * (the 16-row output head) is computed on the calling thread, where waking
+ * the workers would cost more than the product.
  *
  * nextterm_mlx/cpu/blas.py loads this library and OpenBLAS privately (no
  * symbol of either enters the process's global scope) and hands over
