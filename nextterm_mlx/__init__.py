@@ -6,11 +6,12 @@
     13
 """
 
-__version__ = "0.1.0"
-
 import os
 import platform
 import sys
+from importlib.metadata import version
+
+__version__ = version("nextterm-mlx")  # pyproject.toml's, the one source
 
 if sys.platform == "darwin" and platform.machine() != "arm64":
     raise ImportError("nextterm-mlx needs an Apple silicon Mac (or Linux): MLX has no build for Intel Macs")
@@ -23,16 +24,21 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 from .errors import UserError  # noqa: E402
 
-__all__ = ["Prediction", "Predictor", "StopReason", "UserError", "load", "__version__"]
+__all__ = ["Candidate", "Candidates", "DecodeStats", "Prediction", "Predictor", "StopReason", "UserError", "load",
+           "__version__"]
 
 
 def __getattr__(name: str):
     """The API, imported on first use: importing the converter
     (nextterm_mlx.convert) or the vocabulary does not load it."""
-    if name in ("Prediction", "StopReason"):
+    if name in ("DecodeStats", "Prediction", "StopReason"):
         from . import decode
 
         return getattr(decode, name)
+    if name in ("Candidate", "Candidates"):
+        from . import beam
+
+        return getattr(beam, name)
     if name in ("Predictor", "load"):
         from . import predictor
 

@@ -34,6 +34,9 @@ CONTINUING = np.array([t not in STOP_TOKENS for t in range(VOCAB_SIZE)])
 
 @dataclass
 class Candidate:
+    """One candidate next term: its value, the summed log-probability of its
+    tokens (separator included), and the tokens."""
+
     value: int
     logprob: float
     tokens: list[int]

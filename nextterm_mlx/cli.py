@@ -67,7 +67,7 @@ def model_options(command):
                      "fewer forward passes."),
         click.option("--keep-quantized", is_flag=True,
                      help="On a CPU, run quantized weights as they are (by default they are dequantized "
-                     "to float32: MLX's CPU quantized matmul is 10-25x slower)."),
+                     "to the compute dtype: MLX's CPU quantized matmul is several times slower)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -130,12 +130,14 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, as_json, **model
     else:
         raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8")
 
+    from .evaluate import check_speculation
     from .predictor import load
 
     if top is not None and (beams is None or top > beams):
         raise UserError("--top needs --beams at least as large, e.g. --beams 8 --top 3")
     if beams is not None and n_terms > 1:
         raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
+    check_speculation(model["speculate"], beams or 1, batch_size=1)
     predictor = load(**model, max_new_tokens=max_new_tokens)
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms, strict=strict)
@@ -217,11 +219,12 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
     shards the sequences by rank, and rank 0 prints the summary.
     """
-    from .evaluate import Task, check_results_file, evaluate, plan_items
+    from .evaluate import Task, check_results_file, check_speculation, evaluate, plan_items
     from .predictor import load
     from .sequence_files import read_sequence_file
 
     check_results_file(out, resume, force)
+    check_speculation(model["speculate"], beams, batch_size)
     if beams > 1 and (predict_terms > 1 or compare_model):
         raise UserError("--beams ranks candidates for one next term; drop --predict-terms/--compare or --beams")
     if plot is not None:

@@ -167,12 +167,7 @@ def run_eval(
     work counters. Beam search runs `batch_size` sequences at a time too;
     speculative decoding runs one sequence at a time, so it needs a
     `batch_size` of 1, and it drafts for greedy decoding only."""
-    if predictor.speculate and beams > 1:
-        raise UserError("--speculate drafts for greedy decoding, and beam search does not use it; "
-                        "drop --speculate or --beams")
-    if predictor.speculate and batch_size > 1:
-        raise UserError(f"--speculate decodes one sequence at a time, so it cannot run batches of {batch_size}; "
-                        "pass --batch-size 1, or drop --speculate")
+    check_speculation(predictor.speculate, beams, batch_size)
     done: list[dict[str, Any]] = []
     if out is not None and resume and out.exists():
         done = read_results(out)
@@ -347,6 +342,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "agreement": sum(r["predicted"] == r["other_predicted"] for r in results) / total if total else 0.0,
         }
     return summary
+
+
+def check_speculation(speculate: bool, beams: int, batch_size: int) -> None:
+    """Refuse what speculative decoding cannot do, before a model is loaded."""
+    if speculate and beams > 1:
+        raise UserError("--speculate drafts for greedy decoding, and beam search does not use it; "
+                        "drop --speculate or --beams")
+    if speculate and batch_size > 1:
+        raise UserError(f"--speculate decodes one sequence at a time, so it cannot run batches of {batch_size}; "
+                        "pass --batch-size 1, or drop --speculate")
 
 
 def check_results_file(out: Optional[Path], resume: bool, force: bool) -> None:

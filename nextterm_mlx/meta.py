@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 META_FILE = "nextterm_meta.json"
 # Sizes and times of the files when their checksums last matched: a folder
-# whose files still show them is not hashed again (880 MB takes a second).
+# whose files still show them is not hashed again (hashing a full model
+# takes a noticeable while).
 VERIFIED_FILE = ".verified"
 
 

@@ -1,7 +1,7 @@
 """NextTerm's model: the Qwen3 forward pass, with mlx-lm's parameter names.
 
-It computes what mlx_lm.models.qwen3 computes, and a converted folder loads
-in either. The difference is that its Linear products, SwiGLU, attention
+It computes what mlx_lm.models.qwen3 computes, from the same ModelArgs, and
+a converted folder loads in either. The difference is that its Linear products, SwiGLU, attention
 and rotary embedding go through a Kernels object: MLX's own operations by
 default, the Linux-CPU pieces (nextterm_mlx/cpu) where the loader chose
 them. The rotation is made once a forward pass, for the positions the cache
@@ -10,13 +10,13 @@ says, and handed to every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu
-from mlx_lm.models.base import BaseModelArgs, create_attention_mask, scaled_dot_product_attention
+from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
+from mlx_lm.models.qwen3 import ModelArgs
 from mlx_lm.models.rope_utils import initialize_rope
 
 Rotation = Callable[[mx.array], mx.array]
@@ -27,7 +27,7 @@ class Kernels:
 
     def linear(self, layer: nn.Module, x: mx.array) -> mx.array:
         """x through a Linear layer, or an Embedding used as the output head."""
-        return layer.as_linear(x) if isinstance(layer, nn.Embedding) else layer(x)
+        return layer.as_linear(x) if hasattr(layer, "as_linear") else layer(x)
 
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         return swiglu(gate, x)
@@ -42,23 +42,6 @@ class Kernels:
 
     def describe(self) -> dict[str, Any]:
         return {"blas": "MLX's own", "primitives": "MLX's", "two_streams": False}
-
-
-@dataclass
-class ModelArgs(BaseModelArgs):
-    model_type: str
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    rms_norm_eps: float
-    vocab_size: int
-    num_key_value_heads: int
-    max_position_embeddings: int
-    head_dim: int
-    tie_word_embeddings: bool
-    rope_theta: float = 10000.0
-    rope_scaling: Optional[dict[str, Any]] = None
 
 
 class Attention(nn.Module):

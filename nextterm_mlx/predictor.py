@@ -110,6 +110,8 @@ class Predictor:
         if n < 1:
             raise UserError(f"the number of terms to predict must be at least 1, not {n}")
         prompts = [self.prompt(terms) for terms in sequences]
+        if not prompts:
+            return []
         processors = processors_for(strict)
         if self.speculate:
             return [decode_speculative(self.model, prompt, n, self.max_new_tokens, stats, self.speculation, processors)
@@ -144,6 +146,8 @@ class Predictor:
         if beams == 1:
             return [greedy_candidates(p[0]) for p in self.continue_batch(sequences, 1, stats, strict)]
         prompts = [self.prompt(terms) for terms in sequences]
+        if not prompts:
+            return []
         return beam_search_batch(self.model, prompts, beams, top, self.max_new_tokens, processors_for(strict), stats)
 
     def prompt(self, terms: Sequence[int]) -> list[int]:

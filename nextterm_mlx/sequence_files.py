@@ -92,6 +92,9 @@ def parse_oeis(line: str, number: int) -> Sequence:
     match = OEIS_LINE.fullmatch(line.strip())
     if not match:
         raise ValueError("expected an OEIS stripped line such as 'A000045 ,0,1,1,2,'")
+    fields = match.group(2).split(",")
+    if len(fields) > 1 and "" in (field.strip() for field in fields):
+        raise ValueError("a term is missing between two commas")
     return Sequence(match.group(1), parse_text(match.group(2)))
 
 

@@ -2,8 +2,8 @@
 
 The device to compute on, and the switches of the Linux-CPU path
 (nextterm_mlx/cpu), each on unless its variable is "0". docs/environment.md
-has the table of every variable. Tests and callers may pass their own
-Settings instead of the environment's.
+has the table of every variable. Tests may build kernels from Settings of
+their own instead of the environment's (nextterm_mlx.cpu.kernels.CPUKernels).
 """
 
 from __future__ import annotations
@@ -49,5 +49,6 @@ VARIABLES = {
 @lru_cache(maxsize=None)
 def from_environment() -> Settings:
     """The settings the environment asks for, read on the first call only."""
-    switches = {f.name: os.environ.get(VARIABLES[f.name], "1") != "0" for f in fields(Settings) if f.type == "bool"}
+    switches = {f.name: os.environ.get(VARIABLES[f.name], "1") != "0" for f in fields(Settings)
+                if isinstance(f.default, bool)}
     return Settings(device=os.environ.get(VARIABLES["device"]) or None, **switches)

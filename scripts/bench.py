@@ -3,7 +3,7 @@
     python scripts/bench.py [--quick] [--json PATH] [--work DIR] [--oeis PATH]
 
 Needs the reference extra (torch, transformers). Each configuration runs in
-its own process (the BLAS is chosen when mlx is imported): this script is
+its own process, so that none inherits another's memory or threads: this script is
 both the orchestrator and the worker it starts
 (`python scripts/bench.py --worker NAME ...`).
 Every figure is the median of `repeats` runs. The 440M-shape checkpoint has
@@ -26,23 +26,15 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
 
-from nextterm_mlx.memory import peak_memory_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nextterm_mlx.memory import peak_memory_bytes  # noqa: E402
+from scripts.timing import median_time  # noqa: E402
 
 # New tokens per sequence in the batched-eval figures, on both sides.
 EVAL_NEW_TOKENS = 8
 # Drafted tokens per verifying forward pass whose cost is set against one decode step.
 VERIFY_SIZES = (2, 4, 8)
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 # --- workers: each runs in a fresh process -------------------------------------------------
@@ -222,8 +214,8 @@ def worker_proxy(model_path: str, prompts: dict, repeats: int, new_tokens: int) 
 
     mlx_lm_rate(), ours_rate()
     # Taken in turn: the machine's speed drifts from minute to minute, and
-    # with all of one side's repeats before the other's, the drift decided
-    # the ratio (1.30 in one run, against 1.6-2.0 in single runs around it).
+    # with all of one side's repeats before the other's, the drift would
+    # decide the ratio.
     rates = [(mlx_lm_rate(), ours_rate()) for _ in range(repeats)]
     return {"mlx_lm_tok_s": statistics.median(theirs for theirs, _ in rates),
             "nextterm_tok_s": statistics.median(ours for _, ours in rates)}
@@ -278,10 +270,9 @@ def worker_convert(hf_path: str, out: str) -> dict:
 
 def worker_bandwidth(repeats: int) -> dict:
     """Memory read bandwidth: numpy summing 1 GiB, split over every core, median
-    of `repeats`. One thread alone reads slower on our 2-core machines (22-24
-    against 29-44 GB/s), and decode reads its weights with every core, so the
-    machine's bandwidth is what all cores read together. One thread's is
-    reported too."""
+    of `repeats`. One thread alone reads slower than all cores together, and
+    decode reads its weights with every core, so the machine's bandwidth is
+    what all cores read together. One thread's is reported too."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nextterm_mlx.vocab import PAD, encode_prompt  # noqa: E402
-from scripts.bench import median_time  # noqa: E402
+from scripts.timing import median_time  # noqa: E402
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ HAS_OPENBLAS = sys.platform == "linux" and any(os.path.exists(p) for p in OPENBL
 SETTINGS = dataclasses.replace(settings.from_environment(), blas=True, skinny=True, primitives=True)
 PRODUCTS, WHY_NO_PRODUCTS = blas.products(SETTINGS)
 KERNEL = PRODUCTS.kernel if PRODUCTS is not None else None
-PRIMITIVES, WHY_NO_PRIMITIVES = load_primitives(SETTINGS)
+PRIMITIVES, WHY_NO_PRIMITIVES = load_primitives()
 MAX_ROWS = KERNEL.nextterm_skinny_max_rows() if KERNEL is not None else 64
 
 needs_openblas = pytest.mark.skipif(not HAS_OPENBLAS, reason="no system OpenBLAS to load")
@@ -124,11 +124,13 @@ def test_without_a_built_kernel_openblas_still_serves_and_says_how_to_get_it(mon
         assert got.tolist() == [[4.0, 4.0, 4.0]]
 
 
-def test_without_the_primitives_products_are_mlx_own():
+def test_switching_off_swiglu_and_attention_keeps_the_products_on_openblas():
+    if PRIMITIVES is None or not HAS_OPENBLAS:
+        pytest.skip("needs the primitives and a system OpenBLAS")
     kernels = CPUKernels(Settings(primitives=False))
-    assert kernels.products is None
-    assert kernels.describe()["blas"] == ("MLX's own BLAS (nextterm-mlx's primitives: "
-                                          f"{load_primitives(Settings(primitives=False))[1]})")
+    assert kernels.products is not None and not kernels.vectorised
+    assert kernels.describe()["blas"] == CPUKernels(Settings()).describe()["blas"]
+    assert kernels.describe()["primitives"] == "MLX's (NEXTTERM_MLX_PRIMITIVES=0)"
 
 
 # --- the kernel's products against numpy in float64 ---------------------------------------
@@ -388,7 +390,7 @@ READ_AHEADS = (
     "from nextterm_mlx import settings\nfrom nextterm_mlx.cpu import blas\n"
     "from nextterm_mlx.cpu.kernels import load_primitives\n"
     "products = blas.products(settings.from_environment())[0]\n"
-    "primitives = load_primitives(settings.from_environment())[0]\n"
+    "primitives = load_primitives()[0]\n"
     "pairs = [(mx.ones((1, 512)), mx.ones((512, 512))) for _ in range(2)]\n"
     "for _ in range(3):\n"
     "    for x, weight in pairs:\n"
@@ -447,9 +449,9 @@ def assert_reference_parity(predictor) -> None:
 WITHOUT = {
     "blas": (Settings(blas=False), lambda kernels: kernels.products is None),
     "skinny": (Settings(skinny=False), lambda kernels: kernels.products is None or kernels.products.kernel is None),
-    "primitives": (Settings(primitives=False), lambda kernels: kernels.primitives is None and kernels.halves),
+    "primitives": (Settings(primitives=False), lambda kernels: not kernels.vectorised and kernels.halves),
     "primitives-and-two-streams": (Settings(primitives=False, two_streams=False),
-                                   lambda kernels: kernels.primitives is None and not kernels.halves),
+                                   lambda kernels: not kernels.vectorised and not kernels.halves),
 }
 
 

@@ -9,6 +9,7 @@ import mlx.core as mx
 import pytest
 
 import nextterm_mlx
+from nextterm_mlx import settings
 from conftest import DEFAULT_DEVICE, reference
 
 AGREEMENT = 0.9
@@ -17,8 +18,10 @@ AGREEMENT = 0.9
 @pytest.fixture
 def default_device(monkeypatch):
     monkeypatch.delenv("NEXTTERM_MLX_DEVICE")
+    settings.from_environment.cache_clear()  # read once per process: read it again without the pin
     mx.set_default_device(DEFAULT_DEVICE)
     yield DEFAULT_DEVICE
+    settings.from_environment.cache_clear()
     mx.set_default_device(mx.cpu)
 
 

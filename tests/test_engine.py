@@ -28,7 +28,7 @@ N_TERMS, MAX_NEW_TOKENS = 3, 6
 
 @pytest.fixture(scope="module")
 def reference_model():
-    from convert.reference import load_reference_model
+    from nextterm_mlx.convert.reference import load_reference_model
 
     return load_reference_model(TINY_CHECKPOINT)
 

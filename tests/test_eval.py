@@ -280,3 +280,17 @@ def test_eval_hands_mlx_its_cached_buffers_back_after_each_batch(tmp_path, conve
     run_eval(nextterm_mlx.load(converted[FIXTURE]), items, None, batch_size=2, progress=False)
     assert len(held_before_clearing) == 3
     assert all(held > 0 for held in held_before_clearing)  # there was something to give back
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "FILE", "--speculate"],
+    ["eval", "FILE", "--speculate", "--batch-size", "1", "--beams", "3"],
+    ["predict", "--speculate", "--beams", "3", "1", "2", "3"],
+])
+def test_speculation_it_cannot_do_is_refused_before_a_model_is_looked_for(tmp_path, argv):
+    path, _, _ = known_answer_file(tmp_path)
+    # A model that does not exist: the refusal must come first.
+    argv = [str(path) if a == "FILE" else a for a in argv] + ["--model", str(tmp_path / "no-such-model")]
+    done = nextterm(*argv, check=False)
+    assert done.returncode == 2 and "--speculate" in done.stderr and "no-such-model" not in done.stderr
+    assert done.stderr.count("\n") == 1

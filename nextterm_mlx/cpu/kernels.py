@@ -34,10 +34,8 @@ from . import blas, two_streams
 from ..settings import Settings
 
 
-def load_primitives(settings: Settings) -> tuple[Optional[ModuleType], str]:
+def load_primitives() -> tuple[Optional[ModuleType], str]:
     """The compiled primitives, or None and why not."""
-    if not settings.primitives:
-        return None, "disabled (NEXTTERM_MLX_PRIMITIVES=0)"
     try:
         from . import _primitives
     except ImportError:
@@ -57,26 +55,30 @@ def load_primitives(settings: Settings) -> tuple[Optional[ModuleType], str]:
 
 
 class CPUKernels(Kernels):
-    """The model's operations on a Linux CPU, as the settings allow."""
+    """The model's operations on a Linux CPU, as the settings allow: the
+    products through the Linear primitive as `blas` and `skinny` say, SwiGLU
+    and attention through theirs as `primitives` says."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.primitives, why_no_primitives = load_primitives(settings)
+        self.primitives, why_not_built = load_primitives()
         products, why_no_products = blas.products(settings)
         self.products = products if self.primitives is not None else None
-        self.vectorised = self.primitives is not None and self.primitives.vectorised
         if self.products is not None:
             self.products_described = products.description
         elif products is not None:
-            self.products_described = f"MLX's own BLAS (nextterm-mlx's primitives: {why_no_primitives})"
+            self.products_described = f"MLX's own BLAS (the primitive that would call OpenBLAS: {why_not_built})"
         else:
             self.products_described = why_no_products
+        self.vectorised = settings.primitives and self.primitives is not None and self.primitives.vectorised
         if self.vectorised:
             self.primitives_described = "nextterm-mlx's SwiGLU and attention (float32)"
-        elif self.primitives is not None:
-            self.primitives_described = "MLX's (nextterm-mlx's are written for x86-64 CPUs with AVX2 and FMA)"
+        elif not settings.primitives:
+            self.primitives_described = "MLX's (NEXTTERM_MLX_PRIMITIVES=0)"
+        elif self.primitives is None:
+            self.primitives_described = f"MLX's (nextterm-mlx's {why_not_built})"
         else:
-            self.primitives_described = f"MLX's ({why_no_primitives})"
+            self.primitives_described = "MLX's (nextterm-mlx's are written for x86-64 CPUs with AVX2 and FMA)"
         self.halves = settings.two_streams
 
     def linear(self, layer: nn.Module, x: mx.array) -> mx.array:

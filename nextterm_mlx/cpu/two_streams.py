@@ -1,9 +1,8 @@
 """SwiGLU and attention cut in halves, one computed on a second CPU stream.
 
 On a CPU, MLX runs a stream's operations one after another on the stream's
-own thread: the BLAS spreads products over the cores, but an elementwise
-activation or a per-head attention runs on that one thread while the other
-cores wait. With enough rows, each of the two is cut in halves and one half
+own thread: an elementwise activation or a per-head attention runs on that
+one thread while the other cores wait. With enough rows, each of the two is cut in halves and one half
 is computed on a second stream, so that two threads work at once. The
 halves are independent (rows of an elementwise operation; groups of query
 heads with the key and value heads they share), so the result is bit for
