@@ -144,13 +144,25 @@ def first_sentence(docstring: str) -> str:
     return re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=\.)\s+", paragraph)[0].rstrip(".")
 
 
-@pytest.mark.parametrize("qualname", sorted(SIGNATURES))
-def test_the_docstring_s_first_sentence_is_on_the_page(qualname):
+def own_docstring(qualname: str) -> str | None:
+    """The docstring written for the object, not one dataclass made up."""
     obj = resolve(qualname)
     doc = (obj.fget if isinstance(obj, property) else obj).__doc__
     if not doc or (inspect.isclass(obj) and dataclasses.is_dataclass(obj) and doc.startswith(obj.__name__ + "(")):
-        pytest.skip(f"{qualname} has no docstring of its own")
-    assert first_sentence(doc) in " ".join(TEXT.split())
+        return None
+    return doc
+
+
+DOCUMENTED_IN_CODE = sorted(name for name in SIGNATURES if own_docstring(name))
+
+
+def test_most_documented_names_have_docstrings_to_check():
+    assert len(DOCUMENTED_IN_CODE) >= len(SIGNATURES) - 5
+
+
+@pytest.mark.parametrize("qualname", DOCUMENTED_IN_CODE)
+def test_the_docstring_s_first_sentence_is_on_the_page(qualname):
+    assert first_sentence(own_docstring(qualname)) in " ".join(TEXT.split())
 
 
 def test_every_stop_reason_is_documented_with_its_value():
