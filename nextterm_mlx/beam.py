@@ -34,8 +34,8 @@ CONTINUING = np.array([t not in STOP_TOKENS for t in range(VOCAB_SIZE)])
 
 @dataclass
 class Candidate:
-    """One candidate next term: its value, the summed log-probability of its
-    tokens (separator included), and the tokens."""
+    """A candidate next term, its tokens (the separator included) and the sum
+    of their log-probabilities."""
 
     value: int
     logprob: float

@@ -147,8 +147,34 @@ def prefill_unevaluated(model: nn.Module, prompts: list[list[int]]) -> tuple[mx.
         for line, index in enumerate(indices):
             logits[index] = group_logits[line]
             rows[index] = [cache_row(layer_cache, line) for layer_cache in cache]
-    merged = [BatchKVCache.merge([row[layer] for row in rows]) for layer in range(len(model.layers))]
+    merged = [left_padded([row[layer] for row in rows]) for layer in range(len(model.layers))]
     return mx.stack(logits), merged
+
+
+# Positions a joined cache has for the steps to come. Most terms take a few
+# tokens; a longer one grows the cache as mlx-lm does, a whole step at once.
+STEP_ROOM = 16
+
+
+def left_padded(rows: list[KVCache]) -> BatchKVCache:
+    """One layer's caches of single sequences joined into a left-padded
+    batch, as mlx-lm's BatchKVCache.merge joins them, but with each row
+    copied once and STEP_ROOM positions to step into: a merged cache ends at
+    its last position, so its first step would grow every layer's buffers by
+    mlx-lm's whole step, zeroing and copying them all."""
+    length = max(row.offset for row in rows)
+    capacity = length + STEP_ROOM
+    padding = [length - row.offset for row in rows]
+
+    def joined(buffers: list[mx.array]) -> mx.array:
+        return mx.concatenate([mx.pad(buffer[..., : row.offset, :], [(0, 0), (0, 0), (pad, capacity - length), (0, 0)])
+                               for buffer, row, pad in zip(buffers, rows, padding)])
+
+    cache = BatchKVCache(padding)
+    cache.keys, cache.values = joined([row.keys for row in rows]), joined([row.values for row in rows])
+    cache.offset += length
+    cache._idx = length
+    return cache
 
 
 def cache_row(cache: KVCache, line: int) -> KVCache:

@@ -77,7 +77,7 @@ def test_every_public_method_and_property_of_predictor_is_documented():
 
 
 def test_the_types_the_methods_return_are_documented():
-    for name in ("beam.Candidates", "beam.Candidate", "decode.DecodeStats", "errors.LongPromptWarning"):
+    for name in ("Candidates", "Candidate", "DecodeStats", "errors.LongPromptWarning"):
         assert f"nextterm_mlx.{name}" in SIGNATURES
 
 
