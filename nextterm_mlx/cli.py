@@ -13,7 +13,7 @@ from typing import Optional
 import click
 
 from . import __version__
-from .decode import DEFAULT_MAX_NEW_TOKENS
+from .vocab import MAX_NEW_TOKENS as DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
 from .hub import DEFAULT_REPO, PUBLISHED
 from .dtypes import DTYPES
