@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import warnings
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import click
 from . import __version__
 from .vocab import MAX_NEW_TOKENS as DEFAULT_MAX_NEW_TOKENS
 from .errors import UserError
+from .guess import DEFAULT_BUDGET, DEFAULT_SPARE
 from .hub import DEFAULT_REPO, PUBLISHED
 from .dtypes import DTYPES
 from .sequence_files import FORMATS
@@ -97,6 +99,26 @@ def cli() -> None:
     """Predict the next terms of integer sequences with NextTerm-440M on MLX."""
 
 
+def read_sequences(words: tuple[str, ...], command: str) -> list[list[int]]:
+    """The sequence typed after the command, or with none typed, one per line of stdin."""
+    options = [w for w in words if w.startswith("--")]
+    if options:
+        raise click.NoSuchOption(options[0])
+    if words:
+        return [parse_terms(list(words))]
+    if not sys.stdin.isatty():
+        sequences = [parse_terms([line]) for line in sys.stdin if line.strip()]
+        if sequences:
+            return sequences
+        raise UserError("stdin held no terms; give one sequence per line, e.g. 1 1 2 3 5 8")
+    raise UserError(f"no terms given; give the sequence's terms, e.g. nextterm-mlx {command} 1 1 2 3 5 8")
+
+
+def spare_option(command):
+    return click.option("--spare", type=click.IntRange(min=1), default=DEFAULT_SPARE, show_default=True,
+                        help="How many terms beyond those it was fitted to a formula must reproduce.")(command)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("terms", nargs=-1, type=click.UNPROCESSED)
 @model_options
@@ -111,25 +133,24 @@ def cli() -> None:
 @click.option("--strict", is_flag=True,
               help="Only allow tokens that form a canonical integer (off by default: plain greedy is the "
               "reference's decoding).")
+@click.option("--explain", is_flag=True,
+              help="Show the exact formulas that fit the terms (as `guess` does), the model's probability "
+              "for each one's next term, and whether they agree.")
+@click.option("--score", "score_values", metavar="VALUES", default=None,
+              help="The model's probability for each of these next terms, e.g. --score 13,21.")
+@click.option("--hybrid", is_flag=True,
+              help="Answer with the simplest verified formula's next terms, and the model's where none fits.")
+@spare_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sequence.")
-def predict(terms, n_terms, max_new_tokens, beams, top, strict, as_json, **model) -> None:
+def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_values, hybrid, spare, as_json,
+            **model) -> None:
     """Predict the next term(s) of TERMS, e.g. `predict 1 1 2 3 5 8` prints 13.
 
     Terms may be separated by spaces or commas; negative terms are typed bare
     (`predict -1 2 -4 8`). With no TERMS, each line of stdin is a sequence.
     """
-    options = [t for t in terms if t.startswith("--")]
-    if options:
-        raise click.NoSuchOption(options[0])
-    if terms:
-        sequences = [parse_terms(list(terms))]
-    elif not sys.stdin.isatty():
-        sequences = [parse_terms([line]) for line in sys.stdin if line.strip()]
-        if not sequences:
-            raise UserError("stdin held no terms; give one sequence per line, e.g. 1 1 2 3 5 8")
-    else:
-        raise UserError("no terms given; give the sequence's terms, e.g. nextterm-mlx predict 1 1 2 3 5 8")
-
+    sequences = read_sequences(terms, "predict")
+    scored = parse_values(score_values) if score_values is not None else None
     from .evaluate import check_speculation
     from .predictor import load
 
@@ -144,21 +165,116 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, as_json, **model
         record = {"model": predictor.name, "terms": sequence, "predictions": [p.to_dict() for p in predictions]}
         if beams is not None:
             record.update(predictor.candidates(sequence, beams, top, strict).to_dict())
+        if scored is not None:
+            record["scores"] = [score_summary(c) for c in predictor.score(sequence, scored, strict)]
+        if explain or hybrid:
+            from .explain import explanations, hybrid_answer
+            from .guess import guess
+
+            guesses = guess(sequence, count=n_terms, spare=spare)
+            if explain:
+                record["explanations"] = explanations(predictor, sequence, predictions, guesses, strict)
+                record["guess_complete"] = guesses.complete
+            if hybrid:
+                record["hybrid"] = hybrid_answer(predictions, guesses)
         click.echo(json.dumps(record) if as_json else format_plain(record))
 
 
+def parse_values(text: str) -> list[int]:
+    try:
+        return parse_text(text)
+    except NoTerms:
+        raise UserError("--score got no values; give next terms to score, e.g. --score 13,21") from None
+    except ValueError as e:
+        raise UserError(f"--score: {e}; give whole numbers such as --score 13,21") from None
+
+
+def score_summary(candidate) -> dict:
+    return {"value": candidate.value, "logprob": candidate.logprob, "prob": candidate.prob}
+
+
 def format_plain(record: dict) -> str:
-    """The next terms on one line; with candidates, a small table."""
+    """The next terms on one line (the candidates' table replaces it, its
+    first row being the answer), then the scores and the fits."""
+    sections = [] if "candidates" in record and "hybrid" not in record else [answer_line(record)]
     if "candidates" in record:
-        lines = [f"{'candidate':>12}  {'prob':>8}  logprob"]
-        lines += [f"{c['value']:>12}  {c['prob']:8.4f}  {c['logprob']:.4f}" for c in record["candidates"]]
-        lines.append(f"{'no integer':>12}  {record['no_term_prob']:8.4f}")
-        return "\n".join(lines)
+        sections.append(probability_table("candidate", record["candidates"])
+                        + f"\n{'no integer':>12}  {record['no_term_prob']:8.4f}")
+    if "scores" in record:
+        sections.append(probability_table("value", record["scores"]))
+    if "explanations" in record:
+        sections.append(explanation_lines(record))
+    return "\n".join(sections)
+
+
+def answer_line(record: dict) -> str:
+    if "hybrid" in record:
+        hybrid = record["hybrid"]
+        values = " ".join(str(v) for v in hybrid["next"] if v is not None)
+        return values if hybrid["source"] == "model" else f"{values}  (from {hybrid['formula']})"
     predictions = record["predictions"]
     words = [str(p["value"]) for p in predictions if p["value"] is not None]
     if predictions[-1]["value"] is None:
         words.append(f"(no term: {predictions[-1]['stop']})")
     return " ".join(words)
+
+
+def probability_table(label: str, rows: list[dict]) -> str:
+    lines = [f"{label:>12}  {'prob':>8}  logprob"]
+    lines += [f"{row['value']:>12}  {row['prob']:8.4f}  {row['logprob']:.4f}" for row in rows]
+    return "\n".join(lines)
+
+
+def explanation_lines(record: dict) -> str:
+    first = record["predictions"][0]
+    model_answer = first["value"] if first["value"] is not None else f"no term ({first['stop']})"
+    lines = [f"model    {model_answer}  (prob {math.exp(first['logprob']):.4f})"]
+    for fit in record["explanations"]:
+        verdict = "agrees" if fit["agrees"] else "disagrees"
+        lines.append(f"formula  {fit_line(fit)}  (model prob {fit['model_prob']:.4f}, {verdict})")
+    if not record["explanations"]:
+        lines.append(NO_FIT if record["guess_complete"] else NO_FIT_IN_TIME)
+    return "\n".join(lines)
+
+
+def fit_line(fit: dict) -> str:
+    next_terms = ", ".join(str(v) for v in fit["next"])
+    return (f"{next_terms}  {fit['formula']}  [{fit['family']}; fitted to {fit['fitted']} terms, "
+            f"checked on {fit['verified']}]")
+
+
+NO_FIT = "formula  none verified (give more terms, or lower --spare)"
+NO_FIT_IN_TIME = "formula  none verified within the time budget"
+
+
+@cli.command("guess", context_settings={"ignore_unknown_options": True})
+@click.argument("terms", nargs=-1, type=click.UNPROCESSED)
+@click.option("--terms", "n_terms", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many next terms each formula gives.")
+@spare_option
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET, show_default=True,
+              help="Seconds to search one sequence; past it the search stops with what it found.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per sequence.")
+def guess_command(terms, n_terms, spare, budget, as_json) -> None:
+    """Exact formulas for TERMS and the next terms they give, with no model:
+    polynomials, recurrences with constant coefficients and with polynomial
+    coefficients, simplest first, each checked on terms it was not fitted to.
+    a(0) is the first given term. With no TERMS, each line of stdin is a
+    sequence."""
+    from .guess import guess
+
+    sequences = read_sequences(terms, "guess")
+    for index, sequence in enumerate(sequences):
+        guesses = guess(sequence, count=n_terms, spare=spare, budget=budget)
+        if as_json:
+            click.echo(json.dumps(guesses.to_dict()))
+            continue
+        if len(sequences) > 1:
+            click.echo(("\n" if index else "") + " ".join(map(str, sequence)))
+        for fit in guesses.fits:
+            click.echo(fit_line(fit.to_dict()))
+        if not guesses.fits:
+            click.echo((NO_FIT if guesses.complete else NO_FIT_IN_TIME).removeprefix("formula  "))
 
 
 def with_quantization_options(command):
@@ -211,9 +327,13 @@ def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_si
               help="Draw accuracy by bucket into this PNG (needs matplotlib).")
 @click.option("--beams", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rank candidates by beam search and report top-1 and top-K accuracy.")
+@click.option("--hybrid", is_flag=True,
+              help="Also score the exact guessers alone and the hybrid answer (the simplest verified formula's "
+              "next terms, the model's where none fits), on the same sequences.")
+@spare_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed, batch_size, max_new_tokens, out,
-                 resume, force, compare_model, plot, beams, as_json, **model) -> None:
+                 resume, force, compare_model, plot, beams, hybrid, spare, as_json, **model) -> None:
     """Measure next-term accuracy on the sequences in FILE.
 
     Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
@@ -225,8 +345,9 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
 
     check_results_file(out, resume, force)
     check_speculation(model["speculate"], beams, batch_size)
-    if beams > 1 and (predict_terms > 1 or compare_model):
-        raise UserError("--beams ranks candidates for one next term; drop --predict-terms/--compare or --beams")
+    if beams > 1 and (predict_terms > 1 or compare_model or hybrid):
+        raise UserError("--beams ranks candidates for one next term; drop --predict-terms/--compare/--hybrid "
+                        "or --beams")
     if plot is not None:
         from .plot import check_can_plot
 
@@ -246,13 +367,16 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     if not plan.items:
         raise UserError(f"no sequence in {sequence_file} is long enough for this task "
                         f"({plan.skipped['too_short']} too short); lower --given or --predict-terms")
-    summary = evaluate(predictor, plan.items, out, batch_size=batch_size, resume=resume, other=other, beams=beams)
+    summary = evaluate(predictor, plan.items, out, batch_size=batch_size, resume=resume, other=other, beams=beams,
+                       hybrid_spare=spare if hybrid else None)
     if summary is None:  # another rank reports
         return
     summary = {"model": predictor.name, "file": str(sequence_file), "format": sequences.format,
                "skipped": {**plan.skipped, "unreadable_lines": len(sequences.problems)}, **summary}
     if compare_model is not None:
         summary["compare"]["other_model"] = compare_model
+    if "hybrid" in summary:
+        summary["hybrid"]["spare"] = spare
     if plot is not None:
         from .plot import plot_accuracy
 
@@ -280,10 +404,26 @@ def format_summary(summary: dict) -> str:
         compare = summary["compare"]
         lines.append(f"compare   {compare['other_model']}: accuracy {compare['other_accuracy']:.2%}, "
                      f"agreement {compare['agreement']:.2%}")
+    if "hybrid" in summary:
+        lines += hybrid_lines(summary["hybrid"])
     for key, label in (("by_answer_digits", "answer digits"), ("by_given_terms", "terms given")):
         lines.append(f"by {label}:")
         lines += [f"  {bucket:>8}  {b['accuracy']:7.2%}  n={b['n']}" for bucket, b in summary[key].items()]
     return "\n".join(lines)
+
+
+def hybrid_lines(hybrid: dict) -> list[str]:
+    def accuracy(part: dict) -> str:
+        low, high = part["ci95"]
+        return f"{part['accuracy']:.2%} ({part['correct']}), 95% CI {low:.2%}-{high:.2%}"
+
+    guessers = hybrid["guessers"]
+    return [
+        f"formulas  accuracy {accuracy(guessers)}; answered {guessers['coverage']:.2%}, right when answering "
+        f"{guessers['precision']:.2%} (verified on {hybrid['spare']} spare terms)",
+        f"hybrid    accuracy {accuracy(hybrid['hybrid'])}; formula and model agree on "
+        f"{hybrid['agreement']:.2%} of the answered",
+    ]
 
 
 @cli.command()

@@ -27,6 +27,7 @@ from .decode import DecodeStats, StopReason
 from .distributed import all_gather_bytes, world
 from .errors import UserError
 from .beam import Candidates
+from .explain import hybrid_values
 from .predictor import Predictor
 from .sequence_files import Sequence
 from .vocab import encode_prompt
@@ -110,6 +111,18 @@ def result_line(item: Item, predictions: list, other: Optional[list] = None) -> 
     return line
 
 
+def with_fit(line: dict[str, Any], item: Item, spare: int) -> dict[str, Any]:
+    """A result line with the simplest verified fit's answer (None: no fit)
+    and the hybrid's: the fit's where there is one, else the model's."""
+    single = len(item.expected) == 1
+    model_values = [line["predicted"]] if single else line["predicted"]
+    hybrid, fitted = hybrid_values(item.given, model_values, spare)
+    line["fit"] = None if fitted is None else fitted[0] if single else fitted
+    line["fit_correct"] = fitted == item.expected
+    line["hybrid_correct"] = hybrid == item.expected
+    return line
+
+
 def beam_result_line(item: Item, found: Candidates, beams: int) -> dict[str, Any]:
     """One line of the results file when ranking candidates: top-1 and top-K."""
     values = [c.value for c in found.candidates]
@@ -161,12 +174,15 @@ def run_eval(
     other: Optional[Predictor] = None,
     progress: bool = True,
     beams: int = 1,
+    hybrid_spare: Optional[int] = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Evaluate `items`, appending to `out` batch by batch; all results in
     the items' order (earlier ones included when resuming) and this run's
     work counters. Beam search runs `batch_size` sequences at a time too;
     speculative decoding runs one sequence at a time, so it needs a
-    `batch_size` of 1, and it drafts for greedy decoding only."""
+    `batch_size` of 1, and it drafts for greedy decoding only. With
+    `hybrid_spare`, each line also holds the exact guessers' answer (fits
+    verified on that many spare terms) and the hybrid's."""
     check_speculation(predictor.speculate, beams, batch_size)
     done: list[dict[str, Any]] = []
     if out is not None and resume and out.exists():
@@ -205,6 +221,8 @@ def run_eval(
                 predictions = predictor.continue_batch(given, n_terms, stats)
                 others = other.continue_batch(given, n_terms, other_stats) if other else [None] * len(batch)
                 lines = [result_line(item, p, o) for item, p, o in zip(batch, predictions, others)]
+            if hybrid_spare is not None:
+                lines = [with_fit(line, item, hybrid_spare) for line, item in zip(lines, batch)]
             if sink is not None:
                 sink.write("".join(json.dumps(line) + "\n" for line in lines))
                 sink.flush()
@@ -341,7 +359,34 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "other_accuracy": other_correct / total if total else 0.0,
             "agreement": sum(r["predicted"] == r["other_predicted"] for r in results) / total if total else 0.0,
         }
+    if results and all("fit" in r for r in results):  # a resumed run without --hybrid has none
+        summary["hybrid"] = hybrid_summary(results)
     return summary
+
+
+def hybrid_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model alone, the guessers alone and the hybrid, on the same sequences."""
+    total = len(results)
+    answered = [r for r in results if r["fit"] is not None]
+    fit_correct = sum(bool(r["fit_correct"]) for r in results)
+    hybrid_correct = sum(bool(r["hybrid_correct"]) for r in results)
+    model_correct = sum(bool(r["correct"]) for r in results)
+    return {
+        "model": {"correct": model_correct, "accuracy": model_correct / total,
+                  "ci95": list(wilson_interval(model_correct, total))},
+        "guessers": {
+            "answered": len(answered),
+            "correct": fit_correct,
+            "coverage": len(answered) / total,
+            "precision": fit_correct / len(answered) if answered else 0.0,
+            "precision_ci95": list(wilson_interval(fit_correct, len(answered))),
+            "accuracy": fit_correct / total,
+            "ci95": list(wilson_interval(fit_correct, total)),
+        },
+        "hybrid": {"correct": hybrid_correct, "accuracy": hybrid_correct / total,
+                   "ci95": list(wilson_interval(hybrid_correct, total))},
+        "agreement": sum(r["fit"] == r["predicted"] for r in answered) / len(answered) if answered else 0.0,
+    }
 
 
 def check_speculation(speculate: bool, beams: int, batch_size: int) -> None:

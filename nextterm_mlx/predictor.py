@@ -10,13 +10,14 @@ from typing import Any, Optional, Sequence
 
 import mlx.nn as nn
 from .batch import decode_batch
-from .beam import Candidates, beam_search_batch, greedy_candidates
+from .beam import Candidate, Candidates, beam_search_batch, greedy_candidates
 from .decode import DEFAULT_MAX_NEW_TOKENS, DecodeStats, Prediction, processors_for
 from .device import use_device
 from .errors import LongPromptWarning, UserError
 from .loading import load_mlx_folder
 from .meta import read_meta
 from .resolve import resolve_model
+from .score import score_values
 from .speculative import SpeculationStats, decode_speculative
 from .static_cache import StaticDecoder, decode_one
 from .terms import check_terms
@@ -149,6 +150,13 @@ class Predictor:
         if not prompts:
             return []
         return beam_search_batch(self.model, prompts, beams, top, self.max_new_tokens, processors_for(strict), stats)
+
+    def score(self, terms: Sequence[int], values: Sequence[int], strict: bool = False) -> list[Candidate]:
+        """The model's log-probability for each of `values` as the next term
+        of `terms`, its tokens and the separator included, as beam search
+        scores a candidate (teacher-forced: no search, any value)."""
+        values = check_terms(values)
+        return score_values(self.model, self.prompt(terms), values, processors_for(strict))
 
     def prompt(self, terms: Sequence[int]) -> list[int]:
         """The token ids for `terms`, refused if longer than the model can read."""

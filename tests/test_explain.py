@@ -1,0 +1,142 @@
+"""predict --score, --explain and --hybrid, and eval --hybrid, on the tiny model.
+
+The model's probabilities are checked against transformers' teacher-forced
+log-probabilities (test_beam's reference); the fits against formulas
+written by hand; the hybrid against the Python API's own predictions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import nextterm_mlx
+from nextterm_mlx.cli import main
+from nextterm_mlx.resolve import TINY_CHECKPOINT
+from nextterm_mlx.vocab import SEP, encode_prompt, encode_term
+
+from test_beam import sequence_logprob
+
+torch = pytest.importorskip("torch")
+
+NO_FORMULA = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return nextterm_mlx.load("tiny")
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    from nextterm_mlx.convert.reference import load_reference_model
+
+    return load_reference_model(TINY_CHECKPOINT)
+
+
+def run(capsys, args: list[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("terms, values", [
+    ([1, 2, 3, 4], [5, 6, 50, -5, 123456]),
+    ([1, 1, 2, 3, 5, 8], [13, 0, -1]),
+    ([-3, 9, -27], [81, -81]),
+])
+def test_scores_are_transformers_teacher_forced_logprobs(tiny, reference_model, terms, values):
+    for candidate in tiny.score(terms, values):
+        tokens = encode_term(candidate.value) + [SEP]
+        assert candidate.tokens == tokens
+        assert candidate.logprob == pytest.approx(sequence_logprob(reference_model, encode_prompt(terms), tokens),
+                                                  abs=1e-4)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_scores_are_the_beam_search_candidates_scores(tiny, strict):
+    found = tiny.candidates([2, 4, 6, 8], beams=6, strict=strict).candidates
+    scores = tiny.score([2, 4, 6, 8], [c.value for c in found], strict=strict)
+    assert [s.logprob for s in scores] == pytest.approx([c.logprob for c in found], abs=1e-5)
+
+
+def test_predict_score_json(capsys, reference_model):
+    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--json", "--score", "5,7", "1", "2", "3", "4"])
+    scores = json.loads(out)["scores"]
+    assert code == 0 and [s["value"] for s in scores] == [5, 7]
+    for s in scores:
+        expected = sequence_logprob(reference_model, encode_prompt([1, 2, 3, 4]), encode_term(s["value"]) + [SEP])
+        assert s["logprob"] == pytest.approx(expected, abs=1e-4)
+        assert s["prob"] == pytest.approx(torch.tensor(expected).exp().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("score", ["", "1,x", "2.5"])
+def test_predict_score_refuses_bad_values_in_one_line(capsys, score):
+    code, out, err = run(capsys, ["predict", "--model", "tiny", "--score", score, "1", "2", "3"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--score" in err
+
+
+def test_predict_explain_json(capsys, tiny, reference_model):
+    terms = [1, 2, 3, 4, 5, 6, 7, 8]
+    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--json", "--explain", *map(str, terms)])
+    record = json.loads(out)
+    [fit] = record["explanations"]
+    assert code == 0 and (fit["family"], fit["formula"], fit["next"]) == ("polynomial", "a(n) = n + 1 for n ≥ 0", [9])
+    expected = sequence_logprob(reference_model, encode_prompt(terms), [9, SEP])
+    assert fit["model_logprob"] == pytest.approx(expected, abs=1e-4)
+    assert fit["agrees"] == (tiny.predict(terms).value == 9)
+
+
+def test_predict_explain_plain_says_when_nothing_fits(capsys, tiny):
+    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--explain", *map(str, NO_FORMULA)])
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == str(tiny.predict(NO_FORMULA).value)
+    assert lines[1].startswith(f"model    {tiny.predict(NO_FORMULA).value}  (prob ")
+    assert lines[2].startswith("formula  none verified")
+
+
+def test_predict_hybrid_takes_the_formula_where_one_fits(capsys):
+    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--hybrid", "--terms", "2", "1", "1", "2", "3", "5", "8",
+                                "13", "21"])
+    assert code == 0 and out == "34 55  (from a(n) = a(n-1) + a(n-2) for n ≥ 2)\n"
+
+
+def test_predict_hybrid_takes_the_model_where_none_fits(capsys, tiny):
+    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--hybrid", "--json", *map(str, NO_FORMULA)])
+    hybrid = json.loads(out)["hybrid"]
+    assert code == 0 and hybrid == {"next": [tiny.predict(NO_FORMULA).value], "source": "model"}
+
+
+def test_eval_hybrid_reports_the_three_answers(capsys, tmp_path, tiny):
+    with_formula = {  # name: (given terms, the next term by hand)
+        "A000001": ([3 * n + 1 for n in range(12)], 37),
+        "A000002": ([2**n for n in range(12)], 4096),
+        "A000003": ([1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144], 233),
+    }
+    without = {"A000004": (NO_FORMULA, 31), "A000005": ([4, 1, 8, 2, 9, 9, 1, 5, 3, 7, 0, 6], 2)}
+    lines = [f"{name} ,{','.join(map(str, given + [answer]))}," for name, (given, answer) in
+             {**with_formula, **without}.items()]
+    path = tmp_path / "sequences.txt"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, _ = run(capsys, ["eval", "--model", "tiny", "--hybrid", "--json", str(path)])
+    hybrid = json.loads(out)["hybrid"]
+    model_right = {name: tiny.predict(given).value == answer for name, (given, answer) in
+                   {**with_formula, **without}.items()}
+    assert code == 0 and hybrid["spare"] == 3
+    assert hybrid["guessers"]["answered"] == 3 and hybrid["guessers"]["correct"] == 3
+    assert hybrid["guessers"]["precision"] == 1.0 and hybrid["guessers"]["coverage"] == pytest.approx(3 / 5)
+    assert hybrid["model"]["correct"] == sum(model_right.values())
+    assert hybrid["hybrid"]["correct"] == 3 + sum(model_right[name] for name in without)
+    assert hybrid["agreement"] == pytest.approx(sum(model_right[name] for name in with_formula) / 3)
+
+
+def test_eval_hybrid_refuses_beams(capsys, tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("A1 ,1,2,3,4,\n")
+    code, out, err = run(capsys, ["eval", "--model", "tiny", "--hybrid", "--beams", "4", str(path)])
+    assert code == 2 and "--hybrid" in err and len(err.strip().splitlines()) == 1
