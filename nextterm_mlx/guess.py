@@ -266,8 +266,9 @@ def p_recursive_candidates(residues: list[int], spare: int) -> list[Shape]:
         return []
     latest = max([s.start for s in shapes] + [MAX_P_RECURSIVE_ORDER])
     widest = Shape(P_RECURSIVE, MAX_P_RECURSIVE_ORDER, MAX_P_RECURSIVE_DEGREE, latest)
-    rows = [equation(residues, widest, n, SCREEN_PRIME) for n in range(widest.start, len(residues))]
-    independent = independent_columns(rows[: widest.columns + 1])
+    # As many equations as unknowns suffice to rule out a sequence with no formula.
+    equations = range(widest.start, min(len(residues), widest.start + widest.columns))
+    independent = independent_columns([equation(residues, widest, n, SCREEN_PRIME) for n in equations])
 
     def ruled_out(shape: Shape) -> bool:
         return (shape.order + 1) * (MAX_P_RECURSIVE_DEGREE + 1) <= independent

@@ -5,7 +5,7 @@ followed by the lines it prints. A block runs when every nextterm-mlx
 command in it works offline: it uses `--model tiny` or a folder given by
 path (`--model ./folder`), converts the shipped tiny checkpoint
 (`convert nextterm_mlx/models/tiny ...`), or needs no model
-(`checkpoints`). A block with a `--model tiny` command must run: it may not
+(`checkpoints`, `guess`). A block with a `--model tiny` command must run: it may not
 also hold a command that needs the hub.
 
 Each block runs in one bash, command after command, in a fresh folder that
@@ -88,7 +88,7 @@ def uses_tiny(args: list[str]) -> bool:
 def offline(args: list[str]) -> bool:
     if not args:
         return False
-    if args[0] == "checkpoints":
+    if args[0] in ("checkpoints", "guess"):
         return True
     if args[0] == "convert":
         return len(args) > 1 and args[1].startswith("nextterm_mlx/models/tiny")
