@@ -48,9 +48,11 @@ DEFAULT_SPARE = 3
 # Seconds one sequence may take; past it the search stops with what it found.
 DEFAULT_BUDGET = 1.0
 
-# The shapes searched besides every constant-coefficient order the terms
-# allow: polynomial coefficients' orders and degrees, and how many leading
-# terms a recurrence may leave unexplained.
+# The shapes searched: the largest degree and orders (bounded so that a long
+# sequence costs little more than a short one), and how many leading terms a
+# recurrence may leave unexplained.
+MAX_POLYNOMIAL_DEGREE = 30
+MAX_C_FINITE_ORDER = 40
 MAX_P_RECURSIVE_ORDER = 4
 MAX_P_RECURSIVE_DEGREE = 2
 MAX_C_FINITE_EXCEPTIONS = 4
@@ -150,7 +152,9 @@ def solved_by(recurrence: Optional[Fit], shape: Shape) -> bool:
     """Whether a constant-coefficient recurrence already found, times any
     polynomial, solves the shape: then its solution is not one, and the
     shape has nothing to add."""
-    return recurrence is not None and recurrence.start <= shape.start and len(recurrence.coefficients) - 1 <= shape.order
+    if recurrence is None:
+        return False
+    return recurrence.start <= shape.start and len(recurrence.coefficients) - 1 <= shape.order
 
 
 def rank(fit: Fit) -> tuple:
@@ -173,7 +177,7 @@ def distinct(fits: list[Fit]) -> list[Fit]:
 def fit_polynomial(terms: list[int], count: int, spare: int) -> Optional[Fit]:
     differences = [terms]
     while any(differences[-1]):
-        if len(differences[-1]) <= spare:
+        if len(differences[-1]) <= spare or len(differences) > MAX_POLYNOMIAL_DEGREE + 1:
             return None
         row = differences[-1]
         differences.append([b - a for a, b in zip(row, row[1:])])
@@ -243,7 +247,7 @@ def c_finite_candidates(shortest: list[flint.fmpz_mod_poly], length: int, spare:
     for exceptions, polynomial in enumerate(shortest):
         order = max(1, polynomial.degree())  # order 1 says a(n) = 0 for a tail of zeros
         shape = Shape(C_FINITE, order, 0, exceptions + order)
-        if shape.fits(length, spare):
+        if order <= MAX_C_FINITE_ORDER and shape.fits(length, spare):
             shapes.append(shape)
     return shapes
 
@@ -325,20 +329,20 @@ def fit_recurrence(terms: list[int], shape: Shape, count: int, spare: int) -> Op
     if nullity != 1:
         return None
     solution = [int(basis[k, 0]) for k in range(shape.columns)]
+    if any(sum(c * x for c, x in zip(solution, row)) for row in system[used:]):
+        return None
     polynomials = normalized([solution[i * (shape.degree + 1) : (i + 1) * (shape.degree + 1)]
                               for i in range(shape.order + 1)])
-    checked = range(shape.start + used, n_terms)
     # Where a(n)'s coefficient vanishes, the recurrence says nothing about
     # a(n): a zero among the fitted terms hides an exception.
-    if any(evaluate(polynomials[0], n) == 0 for n in range(shape.start, n_terms + count)):
-        return None
-    if any(residual(polynomials, terms, n) for n in checked):
+    leading = polynomials[0]
+    if not any(leading) or shape.degree and any(evaluate(leading, n) == 0 for n in range(shape.start, n_terms + count)):
         return None
     following = extend(polynomials, terms, count)
     if following is None:
         return None
     return Fit(shape.family, recurrence_text(polynomials, shape.start), tuple(tuple(q) for q in polynomials),
-               shape.start, shape.order + used, len(checked), shape.unknowns, following)
+               shape.start, shape.order + used, len(system) - used, shape.unknowns, following)
 
 
 def normalized(polynomials: list[list[int]]) -> list[list[int]]:
@@ -354,10 +358,6 @@ def normalized(polynomials: list[list[int]]) -> list[list[int]]:
 
 def evaluate(polynomial: list[int], n: int) -> int:
     return sum(c * n**j for j, c in enumerate(polynomial))
-
-
-def residual(polynomials: list[list[int]], values: list[int], n: int) -> int:
-    return sum(evaluate(q, n) * values[n - i] for i, q in enumerate(polynomials))
 
 
 def extend(polynomials: list[list[int]], terms: list[int], count: int) -> Optional[list[int]]:

@@ -49,7 +49,8 @@ def sympy_next(given: list[int]):
     started = time.perf_counter()
     by_sympy = sympy.series(function, x, 0, len(given) + 1).removeO().coeff(x, len(given))
     expansion = time.perf_counter() - started
-    numerator, denominator = (sympy.Poly(part, x).all_coeffs()[::-1] for part in sympy.fraction(sympy.together(function)))
+    parts = sympy.fraction(sympy.together(function))
+    numerator, denominator = (sympy.Poly(part, x).all_coeffs()[::-1] for part in parts)
     numerator = [Fraction(int(c.p), int(c.q)) for c in map(sympy.Rational, numerator)]
     denominator = [Fraction(int(c.p), int(c.q)) for c in map(sympy.Rational, denominator)]
     series: list[Fraction] = []

@@ -41,6 +41,22 @@ def converted(tmp_path_factory):
     return {name: convert_checkpoint(checkpoint_folder(name), root / name) for name in CHECKPOINTS}
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The shipped tiny model, loaded as users load it."""
+    import nextterm_mlx
+
+    return nextterm_mlx.load("tiny")
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    """The shipped tiny checkpoint in transformers (CPU, float32): the reference."""
+    from nextterm_mlx.convert.reference import load_reference_model
+
+    return load_reference_model(TINY_CHECKPOINT)
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's converted-model cache."""

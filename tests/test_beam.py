@@ -30,7 +30,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nextterm_mlx
-from nextterm_mlx.resolve import TINY_CHECKPOINT
 from nextterm_mlx.vocab import EOS, NEG, PAD, SEP, encode_prompt, encode_term, strict_allowed
 
 torch = pytest.importorskip("torch")
@@ -44,18 +43,6 @@ PROMPTS = [
     [1, 1, 2, 3, 5, 8], [7, 7, 7], [1, -1, 1, -1], [0, 3, 6, 9], [2, 4, 8, 16], [100, 200, 300],
     [1, 3, 6, 10], [9, 8, 7, 6], [5], [-2, -4, -6], [1, 2, 1, 2, 1], [11, 22, 33], [1, 8, 27], [40, 30, 20, 10],
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return nextterm_mlx.load("tiny")
-
-
-@pytest.fixture(scope="module")
-def reference_model():
-    from nextterm_mlx.convert.reference import load_reference_model
-
-    return load_reference_model(TINY_CHECKPOINT)
 
 
 def forward(model, ids: list[list[int]], cache) -> np.ndarray:

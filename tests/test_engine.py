@@ -16,7 +16,6 @@ import pytest
 
 import nextterm_mlx
 from nextterm_mlx.errors import LongPromptWarning
-from nextterm_mlx.resolve import TINY_CHECKPOINT
 from nextterm_mlx.vocab import NEG, SEP, encode_prompt
 
 torch = pytest.importorskip("torch")
@@ -24,13 +23,6 @@ torch = pytest.importorskip("torch")
 PROMPTS = [[1, 2, 3], [1, 1, 2, 3, 5, 8], [7], [2, 4, 8, 16, 32], [3, 1, 4, 1, 5], [1, -1, 1, -1], [100, 200, 300],
            [0, 0, 0], [1, 2, 3]]  # two of equal length, and a repeated one
 N_TERMS, MAX_NEW_TOKENS = 3, 6
-
-
-@pytest.fixture(scope="module")
-def reference_model():
-    from nextterm_mlx.convert.reference import load_reference_model
-
-    return load_reference_model(TINY_CHECKPOINT)
 
 
 def spelled(tokens) -> str:

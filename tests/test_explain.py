@@ -11,38 +11,14 @@ import json
 
 import pytest
 
-import nextterm_mlx
-from nextterm_mlx.cli import main
-from nextterm_mlx.resolve import TINY_CHECKPOINT
 from nextterm_mlx.vocab import SEP, encode_prompt, encode_term
 
 from test_beam import sequence_logprob
+from test_cli import run
 
 torch = pytest.importorskip("torch")
 
 NO_FORMULA = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return nextterm_mlx.load("tiny")
-
-
-@pytest.fixture(scope="module")
-def reference_model():
-    from nextterm_mlx.convert.reference import load_reference_model
-
-    return load_reference_model(TINY_CHECKPOINT)
-
-
-def run(capsys, args: list[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("terms, values", [
@@ -66,7 +42,7 @@ def test_scores_are_the_beam_search_candidates_scores(tiny, strict):
 
 
 def test_predict_score_json(capsys, reference_model):
-    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--json", "--score", "5,7", "1", "2", "3", "4"])
+    code, out, _ = run(["predict", "--model", "tiny", "--json", "--score", "5,7", "1", "2", "3", "4"], capsys)
     scores = json.loads(out)["scores"]
     assert code == 0 and [s["value"] for s in scores] == [5, 7]
     for s in scores:
@@ -77,13 +53,13 @@ def test_predict_score_json(capsys, reference_model):
 
 @pytest.mark.parametrize("score", ["", "1,x", "2.5"])
 def test_predict_score_refuses_bad_values_in_one_line(capsys, score):
-    code, out, err = run(capsys, ["predict", "--model", "tiny", "--score", score, "1", "2", "3"])
+    code, out, err = run(["predict", "--model", "tiny", "--score", score, "1", "2", "3"], capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--score" in err
 
 
 def test_predict_explain_json(capsys, tiny, reference_model):
     terms = [1, 2, 3, 4, 5, 6, 7, 8]
-    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--json", "--explain", *map(str, terms)])
+    code, out, _ = run(["predict", "--model", "tiny", "--json", "--explain", *map(str, terms)], capsys)
     record = json.loads(out)
     [fit] = record["explanations"]
     assert code == 0 and (fit["family"], fit["formula"], fit["next"]) == ("polynomial", "a(n) = n + 1 for n ≥ 0", [9])
@@ -93,7 +69,7 @@ def test_predict_explain_json(capsys, tiny, reference_model):
 
 
 def test_predict_explain_plain_says_when_nothing_fits(capsys, tiny):
-    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--explain", *map(str, NO_FORMULA)])
+    code, out, _ = run(["predict", "--model", "tiny", "--explain", *map(str, NO_FORMULA)], capsys)
     lines = out.splitlines()
     assert code == 0 and lines[0] == str(tiny.predict(NO_FORMULA).value)
     assert lines[1].startswith(f"model    {tiny.predict(NO_FORMULA).value}  (prob ")
@@ -101,13 +77,13 @@ def test_predict_explain_plain_says_when_nothing_fits(capsys, tiny):
 
 
 def test_predict_hybrid_takes_the_formula_where_one_fits(capsys):
-    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--hybrid", "--terms", "2", "1", "1", "2", "3", "5", "8",
-                                "13", "21"])
+    code, out, _ = run(["predict", "--model", "tiny", "--hybrid", "--terms", "2", "1", "1", "2", "3", "5", "8",
+                                "13", "21"], capsys)
     assert code == 0 and out == "34 55  (from a(n) = a(n-1) + a(n-2) for n ≥ 2)\n"
 
 
 def test_predict_hybrid_takes_the_model_where_none_fits(capsys, tiny):
-    code, out, _ = run(capsys, ["predict", "--model", "tiny", "--hybrid", "--json", *map(str, NO_FORMULA)])
+    code, out, _ = run(["predict", "--model", "tiny", "--hybrid", "--json", *map(str, NO_FORMULA)], capsys)
     hybrid = json.loads(out)["hybrid"]
     assert code == 0 and hybrid == {"next": [tiny.predict(NO_FORMULA).value], "source": "model"}
 
@@ -123,7 +99,7 @@ def test_eval_hybrid_reports_the_three_answers(capsys, tmp_path, tiny):
              {**with_formula, **without}.items()]
     path = tmp_path / "sequences.txt"
     path.write_text("\n".join(lines) + "\n")
-    code, out, _ = run(capsys, ["eval", "--model", "tiny", "--hybrid", "--json", str(path)])
+    code, out, _ = run(["eval", "--model", "tiny", "--hybrid", "--json", str(path)], capsys)
     hybrid = json.loads(out)["hybrid"]
     model_right = {name: tiny.predict(given).value == answer for name, (given, answer) in
                    {**with_formula, **without}.items()}
@@ -138,5 +114,5 @@ def test_eval_hybrid_reports_the_three_answers(capsys, tmp_path, tiny):
 def test_eval_hybrid_refuses_beams(capsys, tmp_path):
     path = tmp_path / "s.txt"
     path.write_text("A1 ,1,2,3,4,\n")
-    code, out, err = run(capsys, ["eval", "--model", "tiny", "--hybrid", "--beams", "4", str(path)])
+    code, out, err = run(["eval", "--model", "tiny", "--hybrid", "--beams", "4", str(path)], capsys)
     assert code == 2 and "--hybrid" in err and len(err.strip().splitlines()) == 1

@@ -18,8 +18,8 @@ import pytest
 import sympy
 from sympy.concrete.guess import find_simple_recurrence_vector
 
-from nextterm_mlx.cli import main
 from nextterm_mlx.guess import C_FINITE, P_RECURSIVE, POLYNOMIAL, guess
+from test_cli import run
 
 
 def motzkin(n: int) -> int:
@@ -179,24 +179,14 @@ def test_the_time_budget_stops_the_search():
     assert not result.complete and [fit.family for fit in result.fits] == [POLYNOMIAL]
 
 
-def run(capsys, args: list[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_guess_command_prints_each_fit(capsys):
-    code, out, _ = run(capsys, ["guess", "1", "1", "2", "3", "5", "8", "13", "21"])
+    code, out, _ = run(["guess", "1", "1", "2", "3", "5", "8", "13", "21"], capsys)
     assert code == 0
     assert out == "34  a(n) = a(n-1) + a(n-2) for n ≥ 2  [c-finite; fitted to 4 terms, checked on 4]\n"
 
 
 def test_guess_command_json(capsys):
-    code, out, _ = run(capsys, ["guess", "--json", "--terms", "3", "1,", "2,", "6,", "24,", "120,", "720,", "5040"])
+    code, out, _ = run(["guess", "--json", "--terms", "3", "1,", "2,", "6,", "24,", "120,", "720,", "5040"], capsys)
     record = json.loads(out)
     assert code == 0 and record["terms"] == [1, 2, 6, 24, 120, 720, 5040]
     [fit] = record["fits"]
@@ -205,17 +195,14 @@ def test_guess_command_json(capsys):
 
 
 def test_guess_command_reads_stdin(capsys, monkeypatch):
-    import io
-
-    monkeypatch.setattr(sys, "stdin", io.StringIO("1 4 9 16 25 36\n\n2 3 5 7 11 13 17\n"))
-    code, out, _ = run(capsys, ["guess", "--json"])
+    code, out, _ = run(["guess", "--json"], capsys, "1 4 9 16 25 36\n\n2 3 5 7 11 13 17\n", monkeypatch)
     records = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [r["fits"][0]["next"] if r["fits"] else None for r in records] == [[49], None]
 
 
 @pytest.mark.parametrize("args", [["guess", "1", "2.5", "3"], ["guess", "--spare", "0", "1", "2"]])
 def test_guess_command_refuses_bad_input_in_one_line(capsys, args):
-    code, out, err = run(capsys, args)
+    code, out, err = run(args, capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
 
 
