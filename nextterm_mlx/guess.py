@@ -15,9 +15,10 @@ before that counts as one more unknown.
 
 a(0) is the first given term. A shape is fitted to the fewest terms that
 determine it, then checked on every term after those; it is kept only if at
-least `spare` terms check out and it gives integer next terms. Each family
-keeps its simplest verified fit, and the fits come simplest first: fewest
-unknowns, then most terms verified. A fit that only repeats a simpler one's
+least `spare` terms check out and it gives integer next terms. Only the
+simplest verified fits are kept: those with the fewest unknowns, one per
+family, most terms verified first; a formula with more unknowns adds nothing
+to one that already explains the terms. A fit that only repeats another's
 next terms is left out.
 
 The linear algebra is exact, in FLINT's integer matrices. Shapes are first
@@ -30,6 +31,7 @@ coefficient shape of most sequences; only the shapes left are solved.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -129,13 +131,15 @@ def guess(
     residues = [t % SCREEN_PRIME for t in terms]
     shortest = shortest_recurrences(residues)
     found: dict[str, Fit] = {}
-    polynomial = fit_polynomial(terms, count, spare)
+    polynomial = fit_polynomial(terms, residues, count, spare)
     if polynomial is not None:
         found[POLYNOMIAL] = polynomial
     shapes = c_finite_candidates(shortest, len(terms), spare) + p_recursive_candidates(residues, spare)
     complete = True
     for shape in sorted(shapes, key=Shape.simplicity):
-        if shape.family in found or solved_by(found.get(C_FINITE), shape):
+        if found and shape.unknowns > min(fit.unknowns for fit in found.values()):
+            break  # a formula with more unknowns adds nothing to one that explains the terms
+        if shape.family in found:
             continue
         if time.perf_counter() > deadline:
             complete = False
@@ -146,15 +150,6 @@ def guess(
         if fit is not None:
             found[shape.family] = fit
     return Guesses(terms, distinct(sorted(found.values(), key=rank)), complete)
-
-
-def solved_by(recurrence: Optional[Fit], shape: Shape) -> bool:
-    """Whether a constant-coefficient recurrence already found, times any
-    polynomial, solves the shape: then its solution is not one, and the
-    shape has nothing to add."""
-    if recurrence is None:
-        return False
-    return recurrence.start <= shape.start and len(recurrence.coefficients) - 1 <= shape.order
 
 
 def rank(fit: Fit) -> tuple:
@@ -174,7 +169,10 @@ def distinct(fits: list[Fit]) -> list[Fit]:
 # d exactly when its (d+1)-th differences vanish.
 
 
-def fit_polynomial(terms: list[int], count: int, spare: int) -> Optional[Fit]:
+def fit_polynomial(terms: list[int], residues: list[int], count: int, spare: int) -> Optional[Fit]:
+    degree = polynomial_degree(residues, spare)
+    if degree is None:
+        return None
     differences = [terms]
     while any(differences[-1]):
         if len(differences[-1]) <= spare or len(differences) > MAX_POLYNOMIAL_DEGREE + 1:
@@ -193,6 +191,20 @@ def fit_polynomial(terms: list[int], count: int, spare: int) -> Optional[Fit]:
     following = [sum(leading[k] * comb(m, k) for k in range(len(leading))) for m in range(n, n + count)]
     return Fit(POLYNOMIAL, f"a(n) = {polynomial_text(coefficients)} for n ≥ 0", coefficients, 0, fitted, n - fitted,
                fitted, following)
+
+
+def polynomial_degree(residues: list[int], spare: int) -> Optional[int]:
+    """The degree the differences modulo SCREEN_PRIME point to, or None:
+    a polynomial's differences vanish modulo any prime too, and small
+    residues are cheaper to subtract than the terms."""
+    row = residues
+    for degree in range(-1, MAX_POLYNOMIAL_DEGREE + 1):
+        if not any(row):
+            return degree
+        if len(row) <= spare:
+            return None
+        row = [(b - a) % SCREEN_PRIME for a, b in zip(row, row[1:])]
+    return None
 
 
 def falling(k: int) -> flint.fmpq_poly:
@@ -261,15 +273,9 @@ def p_recursive_candidates(residues: list[int], spare: int) -> list[Shape]:
     are independent, no shape of that order has a solution. The shapes this
     leaves open are screened one by one before they are solved.
     """
-    shapes = [Shape(P_RECURSIVE, order, degree, order + exceptions)
-              for order in range(1, MAX_P_RECURSIVE_ORDER + 1)
-              for degree in range(1, MAX_P_RECURSIVE_DEGREE + 1)
-              for exceptions in range(MAX_P_RECURSIVE_EXCEPTIONS + 1)]
-    shapes = [shape for shape in shapes if shape.fits(len(residues), spare)]
+    shapes, widest = p_recursive_shapes(len(residues), spare)
     if not shapes:
         return []
-    latest = max([s.start for s in shapes] + [MAX_P_RECURSIVE_ORDER])
-    widest = Shape(P_RECURSIVE, MAX_P_RECURSIVE_ORDER, MAX_P_RECURSIVE_DEGREE, latest)
     # As many equations as unknowns suffice to rule out a sequence with no formula.
     equations = range(widest.start, min(len(residues), widest.start + widest.columns))
     independent = independent_columns([equation(residues, widest, n, SCREEN_PRIME) for n in equations])
@@ -278,6 +284,19 @@ def p_recursive_candidates(residues: list[int], spare: int) -> list[Shape]:
         return (shape.order + 1) * (MAX_P_RECURSIVE_DEGREE + 1) <= independent
 
     return [shape for shape in shapes if not ruled_out(shape)]
+
+
+@functools.lru_cache(maxsize=None)
+def p_recursive_shapes(length: int, spare: int) -> tuple[list[Shape], Shape]:
+    """The shapes `length` terms determine with `spare` to check, and the
+    widest one from the latest start, whose equations screen them all."""
+    shapes = [Shape(P_RECURSIVE, order, degree, order + exceptions)
+              for order in range(1, MAX_P_RECURSIVE_ORDER + 1)
+              for degree in range(1, MAX_P_RECURSIVE_DEGREE + 1)
+              for exceptions in range(MAX_P_RECURSIVE_EXCEPTIONS + 1)]
+    shapes = [shape for shape in shapes if shape.fits(length, spare)]
+    latest = max([s.start for s in shapes] + [MAX_P_RECURSIVE_ORDER])
+    return shapes, Shape(P_RECURSIVE, MAX_P_RECURSIVE_ORDER, MAX_P_RECURSIVE_DEGREE, latest)
 
 
 def independent_columns(rows: list[list[int]]) -> int:
