@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -359,7 +360,7 @@ def serving(*args) -> tuple[subprocess.Popen, str]:
 
 
 def stop(process: subprocess.Popen) -> tuple[int, str]:
-    process.send_signal(subprocess.signal.SIGINT)
+    process.send_signal(signal.SIGINT)
     try:
         _, err = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
