@@ -507,6 +507,24 @@ def info(as_json, **model) -> None:
         click.echo(f"{key:<14} {value}")
 
 
+@cli.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on; any other than this machine's lets other machines in.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8700, show_default=True,
+              help="The port to listen on (0: a free one, named when serving starts).")
+def serve(host, port, **model) -> None:
+    """Serve the model over HTTP: a JSON API (its reference at /docs) and, at /,
+    a page to explore sequences with. Needs the serve extra:
+    pip install 'nextterm-mlx[serve]'."""
+    from .serve import check_installed
+
+    check_installed()
+    from .serve.server import serve as run_server
+
+    run_server(host, port, model)
+
+
 class OneLine(logging.Formatter):
     """A log record as the command shows it: "nextterm-mlx: [warning: ]message"."""
 

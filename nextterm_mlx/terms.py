@@ -75,4 +75,4 @@ def check_terms(terms: Iterable[Any] | str) -> list[int]:
     except NoTerms:
         raise UserError("no terms given; give at least one integer, e.g. 1 1 2 3 5 8") from None
     except ValueError as e:
-        raise UserError(f"term {e}; give whole numbers such as 1 2 3") from None
+        raise UserError(f"{e}; give whole numbers such as 1 2 3 or -4") from None

@@ -1,0 +1,84 @@
+"""The API's endpoints.
+
+An endpoint that needs the model asks the worker, which batches what it
+can: `await answered(request, worker.call(lambda predictor: ...))` runs any
+function of the Predictor on the model's thread. One that needs no model is
+a plain FastAPI function. Either raises UserError for bad input (HTTP 422
+with its message), and what it returns travels with exact integers
+(exact.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional, Union
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import UserError
+from ..terms import check_terms
+from .waiting import answered
+from .worker import ModelWorker
+
+router = APIRouter()
+
+Count = Annotated[int, Field(strict=True, ge=1)]
+
+
+class TermsRequest(BaseModel):
+    """A request about one sequence; a field it does not know is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    terms: Union[list[Any], str] = Field(
+        description="The sequence: a list of integers, each a JSON number or a decimal string (exact at any "
+        "size), or one text such as \"1, 2, 3\".",
+        examples=[[1, 1, 2, 3, 5, 8]],
+        json_schema_extra={"items": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
+    )
+
+
+class PredictRequest(TermsRequest):
+    n: Count = Field(1, description="How many next terms to predict, each fed back for the next.")
+    beams: Optional[Count] = Field(None, description="Rank candidate next terms by beam search with this many beams.")
+    top: Optional[Count] = Field(None, description="How many candidates to give (default: the number of beams).")
+    strict: bool = Field(False, strict=True, description="Only allow tokens that form a canonical integer.")
+
+
+def model_worker(request: Request) -> ModelWorker:
+    return request.app.state.worker
+
+
+Worker = Annotated[ModelWorker, Depends(model_worker)]
+
+
+@router.get("/health")
+def health(worker: Worker) -> dict[str, Any]:
+    """The model's name, and that it is ready to answer."""
+    return {"model": worker.predictor.name, "ready": True}
+
+
+@router.post("/v1/predict")
+async def predict(body: PredictRequest, request: Request, worker: Worker) -> dict[str, Any]:
+    """The object `nextterm-mlx predict --json` prints: the next `n` terms,
+    and with `beams`, the ranked candidates for the next one."""
+    if body.top is not None and (body.beams is None or body.top > body.beams):
+        raise UserError("top needs beams at least as large, e.g. \"beams\": 8, \"top\": 3")
+    if body.beams is not None and body.n > 1:
+        raise UserError("beams ranks candidates for the next term only; drop n or beams")
+    terms = readable_terms(body, worker)
+    futures = [worker.continue_sequence(terms, body.n, body.strict)]
+    if body.beams is not None:
+        futures.append(worker.candidates(terms, body.beams, body.top, body.strict))
+    predictions, *found = await answered(request, *futures)
+    record = {"model": worker.predictor.name, "terms": terms, "predictions": [p.to_dict() for p in predictions]}
+    if found:
+        record.update(found[0].to_dict())
+    return record
+
+
+def readable_terms(body: TermsRequest, worker: ModelWorker) -> list[int]:
+    """The request's terms, refused here, before they join a batch, if the
+    model can't read them."""
+    terms = check_terms(body.terms)
+    worker.predictor.prompt(terms)
+    return terms

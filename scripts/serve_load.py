@@ -1,0 +1,175 @@
+"""Load on `nextterm-mlx serve`: concurrent clients against one, and against
+continue_batch in-process; latency; the server's memory over a long run.
+
+    python scripts/serve_load.py OEIS_STRIPPED_FILE [--model tiny] [--clients 32] [--requests 50]
+        [--total 10000] [--no-check] [--json OUT.json]
+
+Each request is one sequence of the file without its last term, as eval
+gives it. In order:
+1. the answers one at a time, by `nextterm-mlx predict --json` on stdin
+   (skipped with --no-check: random weights give near-uniform logits, where
+   a batch's other summation order may flip an argmax);
+2. continue_batch in this process, in batches of --clients, on the same
+   sequences, the server not yet started;
+3. --clients clients sending --requests each at once, then one client
+   sending the same requests one after another: throughput, p50/p99 latency,
+   and every answer compared with step 1's (terms, stops and tokens equal;
+   logprobs within 1e-4);
+4. more requests from --clients clients until the server has answered
+   --total, and its RSS then against its RSS after its first 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nextterm_mlx  # noqa: E402
+from nextterm_mlx.cli import keep_freed_memory  # noqa: E402
+from nextterm_mlx.sequence_files import read_sequence_file  # noqa: E402
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("nextterm-mlx")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sequences", type=Path)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=50, help="per client")
+    parser.add_argument("--total", type=int, default=10_000, help="requests before the last RSS reading")
+    parser.add_argument("--no-check", dest="check", action="store_false")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    count = args.clients * args.requests
+    sequences = [s.terms[:-1] for s in read_sequence_file(args.sequences, "oeis").sequences[:count]]
+    expected = one_at_a_time(args.model, sequences) if args.check else None
+    in_process = in_process_rate(args.model, sequences, args.clients)
+
+    server, port = start_server(args.model)
+    try:
+        # The first 100 are the concurrent clients', as all but the one client's are.
+        many = run_clients(port, split(sequences, args.clients), expected, rss_after=(server.pid, 100))
+        one = run_clients(port, [sequences], expected)
+        served = 2 * count
+        rest = [sequences[i % count] for i in range(served, max(args.total, served))]
+        run_clients(port, split(rest, args.clients), None)
+        rss_last = rss_bytes(server.pid)
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    report = {
+        "model": args.model, "clients": args.clients, "requests": count,
+        "checked": args.check, "wrong": one["wrong"] + many["wrong"], "errors": one["errors"] + many["errors"],
+        "one_client_per_s": one["rate"], "many_clients_per_s": many["rate"], "in_process_batch_per_s": in_process,
+        "many_vs_one": many["rate"] / one["rate"], "many_vs_in_process": many["rate"] / in_process,
+        "latency_p50_s": many["p50"], "latency_p99_s": many["p99"],
+        "rss_after_100_bytes": many["rss"], f"rss_after_{max(args.total, served)}_bytes": rss_last,
+        "rss_growth": rss_last / many["rss"] - 1,
+    }
+    print(json.dumps(report, indent=1))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def one_at_a_time(model: str, sequences: list[list[int]]) -> dict[tuple[int, ...], list[dict]]:
+    """The command's predictions for each sequence, by its terms."""
+    lines = "".join(" ".join(map(str, s)) + "\n" for s in sequences)
+    done = subprocess.run([str(CONSOLE_SCRIPT), "predict", "--model", model, "--json"], input=lines,
+                          capture_output=True, text=True, check=True)
+    records = map(json.loads, done.stdout.splitlines())
+    return {tuple(record["terms"]): record["predictions"] for record in records}
+
+
+def in_process_rate(model: str, sequences: list[list[int]], batch: int) -> float:
+    keep_freed_memory()  # as the command does
+    predictor = nextterm_mlx.load(model)
+    predictor.continue_batch(sequences[:batch], 1)  # warm-up
+    start = time.perf_counter()
+    for first in range(0, len(sequences), batch):
+        predictor.continue_batch(sequences[first:first + batch], 1)
+    return len(sequences) / (time.perf_counter() - start)
+
+
+def start_server(model: str) -> tuple[subprocess.Popen, int]:
+    server = subprocess.Popen([str(CONSOLE_SCRIPT), "serve", "--model", model, "--port", "0"],
+                              stderr=subprocess.PIPE, text=True)
+    while "serving" not in (line := server.stderr.readline()):
+        if not line:
+            raise SystemExit("the server ended before serving")
+    threading.Thread(target=server.stderr.read, daemon=True).start()  # so its pipe never fills
+    return server, int(line.split("/")[2].rpartition(":")[2])
+
+
+def split(items: list, parts: int) -> list[list]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def run_clients(port: int, workloads: list[list[list[int]]], expected, rss_after=None) -> dict:
+    """Each workload sent by a client of its own, one request after another.
+    With rss_after (pid, n): the server's RSS once n requests are answered."""
+    answered, rss = [0], [None]
+    lock = threading.Lock()
+
+    def client(workload: list[list[int]]) -> list[tuple[float, bool, bool]]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        outcomes = []
+        for terms in workload:
+            start = time.perf_counter()
+            try:
+                connection.request("POST", "/v1/predict", json.dumps({"terms": terms}),
+                                   {"Content-Type": "application/json"})
+                reply = connection.getresponse()
+                body = json.loads(reply.read())
+                failed = reply.status != 200
+            except (OSError, http.client.HTTPException, ValueError):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                failed, body = True, None
+            latency = time.perf_counter() - start
+            wrong = not failed and expected is not None and not same(body["predictions"], expected[tuple(terms)])
+            outcomes.append((latency, failed, wrong))
+            with lock:
+                answered[0] += 1
+                if rss_after is not None and answered[0] == rss_after[1]:
+                    rss[0] = rss_bytes(rss_after[0])
+        return outcomes
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(workloads)) as pool:
+        outcomes = [o for outcome in pool.map(client, workloads) for o in outcome]
+    seconds = time.perf_counter() - start
+    latencies = sorted(latency for latency, _, _ in outcomes)
+    return {"rate": len(outcomes) / seconds, "errors": sum(failed for _, failed, _ in outcomes),
+            "wrong": sum(wrong for _, _, wrong in outcomes), "p50": statistics.median(latencies),
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "rss": rss[0]}
+
+
+def same(got: list[dict], expected: list[dict]) -> bool:
+    exact = ("value", "stop", "tokens")
+    return len(got) == len(expected) and all(
+        all(g[k] == e[k] for k in exact) and abs(g["logprob"] - e["logprob"]) <= 1e-4 for g, e in zip(got, expected))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NEXTTERM_MLX_DEVICE", "cpu")
+    main()
