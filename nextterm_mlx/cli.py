@@ -168,15 +168,9 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_v
         if scored is not None:
             record["scores"] = [score_summary(c) for c in predictor.score(sequence, scored, strict)]
         if explain or hybrid:
-            from .explain import explanations, hybrid_answer
-            from .guess import guess
+            from .explain import explained
 
-            guesses = guess(sequence, count=n_terms, spare=spare)
-            if explain:
-                record["explanations"] = explanations(predictor, sequence, predictions, guesses, strict)
-                record["guess_complete"] = guesses.complete
-            if hybrid:
-                record["hybrid"] = hybrid_answer(predictions, guesses)
+            record.update(explained(predictor, sequence, predictions, spare, strict, explain, hybrid))
         click.echo(json.dumps(record) if as_json else format_plain(record))
 
 

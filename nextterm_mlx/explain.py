@@ -15,6 +15,27 @@ from .guess import DEFAULT_BUDGET, DEFAULT_SPARE, Guesses, guess
 from .predictor import Predictor
 
 
+def explained(
+    predictor: Predictor,
+    terms: Sequence[int],
+    predictions: list[Prediction],
+    spare: int = DEFAULT_SPARE,
+    strict: bool = False,
+    explain: bool = True,
+    hybrid: bool = True,
+) -> dict[str, Any]:
+    """What `predict --explain` (`explanations`, `guess_complete`) and
+    `--hybrid` (`hybrid`) add to a prediction's record."""
+    guesses = guess(terms, count=len(predictions), spare=spare)
+    fields: dict[str, Any] = {}
+    if explain:
+        fields["explanations"] = explanations(predictor, terms, predictions, guesses, strict)
+        fields["guess_complete"] = guesses.complete
+    if hybrid:
+        fields["hybrid"] = hybrid_answer(predictions, guesses)
+    return fields
+
+
 def explanations(
     predictor: Predictor, terms: Sequence[int], predictions: list[Prediction], guesses: Guesses, strict: bool = False
 ) -> list[dict[str, Any]]:

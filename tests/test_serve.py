@@ -29,6 +29,7 @@ from fastapi import Request
 import nextterm_mlx
 from nextterm_mlx.cli import format_plain, main
 from nextterm_mlx.errors import UserError
+from nextterm_mlx.guess import guess
 from nextterm_mlx.terms import check_terms
 from nextterm_mlx.serve.api import TermsRequest
 from nextterm_mlx.serve.app import create_app
@@ -107,16 +108,8 @@ def worker(tmp_path_factory):
 
 
 def with_test_endpoints(app, worker):
-    """Endpoints added as a maintainer adds one: a model-free /v1/guess that
-    fits doubling, an OEIS search whose index is missing (503), and one that
-    fails on the model's thread."""
-
-    @app.post("/v1/guess")
-    def guess(body: TermsRequest) -> dict[str, Any]:
-        terms = check_terms(body.terms)
-        fit = {"family": "recurrence", "formula": "a(n) = 2*a(n-1)", "next": [2 * terms[-1], 4 * terms[-1]],
-               "fitted": 2, "verified": len(terms) - 2}
-        return {"terms": terms, "fits": [fit]}
+    """Endpoints added as a maintainer adds one: an OEIS search whose index
+    is missing (503), and one that fails on the model's thread."""
 
     @app.post("/v1/oeis/search")
     def search(body: TermsRequest):
@@ -194,6 +187,40 @@ def test_predict_answers_what_predict_json_prints(server, capsys, args, body):
     response = post(server, body)
     assert response.status_code == 200, response.text
     assert without_strings(response.json()) == printed
+
+
+@pytest.mark.parametrize("args,body", [
+    (["1", "1", "2", "3", "5", "8", "13", "21"], {"terms": [1, 1, 2, 3, 5, 8, 13, 21]}),
+    (["--terms", "3", "--spare", "2", "1", "2", "6", "24", "120"], {"terms": "1 2 6 24 120", "n": 3, "spare": 2}),
+    (["2", "3", "5", "7", "11", "13", "17"], {"terms": ["2", "3", "5", "7", "11", "13", "17"]}),
+])
+def test_guess_answers_what_guess_json_prints(server, capsys, args, body):
+    main(["guess", "--json", *args])
+    printed = json.loads(capsys.readouterr().out)
+    response = post(server, body, "/v1/guess")
+    assert response.status_code == 200, response.text
+    assert without_strings(response.json()) == printed
+
+
+@pytest.mark.parametrize("args,body", [
+    (["1", "2", "3", "4", "5", "6", "7", "8"], {"terms": [1, 2, 3, 4, 5, 6, 7, 8]}),
+    (["--terms", "2", "1", "1", "2", "3", "5", "8", "13", "21"], {"terms": "1 1 2 3 5 8 13 21", "n": 2}),
+    (["2", "3", "5", "7", "11", "13", "17"], {"terms": [2, 3, 5, 7, 11, 13, 17]}),
+])
+def test_explain_answers_what_predict_explain_prints(server, capsys, args, body):
+    main(["predict", "--model", "tiny", "--json", "--explain", "--hybrid", *args])
+    printed = json.loads(capsys.readouterr().out)
+    response = post(server, body, "/v1/explain")
+    assert response.status_code == 200, response.text
+    assert close(without_strings(response.json()), printed)
+
+
+@pytest.mark.parametrize("path,body", [("/v1/guess", {"terms": [1, 2], "spare": 0}),
+                                       ("/v1/explain", {"terms": "1 two"}),
+                                       ("/v1/explain", {"terms": [1, 2], "beams": 4})])
+def test_guess_and_explain_refuse_bad_input(server, path, body):
+    response = post(server, body, path)
+    assert response.status_code == 422 and len(response.json()["error"].splitlines()) == 1
 
 
 def test_big_terms_travel_exactly_as_numbers_and_as_strings(server, reference):
@@ -439,8 +466,9 @@ def test_the_page_shows_the_commands_answer_in_a_browser(server, reference):
         assert [(r.find_element(By.CLASS_NAME, "value").text, r.find_element(By.CLASS_NAME, "prob").text)
                 for r in rows] == [(str(c.value), f"{c.prob:.4f}") for c in ranked.candidates]
         assert find("#bars tr.no-term .prob").text == f"{ranked.no_term_prob:.4f}"
-        assert find("#fits").is_displayed() and find("#fits .formula").text == "a(n) = 2*a(n-1)"
-        assert find("#fits .terms").text == f"{2 * terms[-1]}, {4 * terms[-1]}"
+        [fit] = guess(terms, count=5).fits
+        assert find("#fits").is_displayed() and find("#fits .formula").text == fit.formula
+        assert find("#fits .terms").text == ", ".join(map(str, fit.next))
         assert not find("#oeis").is_displayed()  # its endpoint answers 503: no index
         assert find("#model").text == "tiny" and not find("#error").is_displayed()
         ARTIFACTS.mkdir(exist_ok=True)

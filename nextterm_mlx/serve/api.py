@@ -15,6 +15,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
+from ..explain import explained
+from ..guess import DEFAULT_SPARE, guess
+from ..predictor import Predictor
 from ..terms import check_terms
 from .waiting import answered
 from .worker import ModelWorker
@@ -41,6 +44,16 @@ class PredictRequest(TermsRequest):
     n: Count = Field(1, description="How many next terms to predict, each fed back for the next.")
     beams: Optional[Count] = Field(None, description="Rank candidate next terms by beam search with this many beams.")
     top: Optional[Count] = Field(None, description="How many candidates to give (default: the number of beams).")
+    strict: bool = Field(False, strict=True, description="Only allow tokens that form a canonical integer.")
+
+
+class GuessRequest(TermsRequest):
+    n: Count = Field(1, description="How many next terms each formula gives.")
+    spare: Count = Field(DEFAULT_SPARE, description="How many terms beyond those it was fitted to a formula "
+                         "must reproduce.")
+
+
+class ExplainRequest(GuessRequest):
     strict: bool = Field(False, strict=True, description="Only allow tokens that form a canonical integer.")
 
 
@@ -73,6 +86,29 @@ async def predict(body: PredictRequest, request: Request, worker: Worker) -> dic
     record = {"model": worker.predictor.name, "terms": terms, "predictions": [p.to_dict() for p in predictions]}
     if found:
         record.update(found[0].to_dict())
+    return record
+
+
+@router.post("/v1/guess")
+def guess_formulas(body: GuessRequest) -> dict[str, Any]:
+    """The object `nextterm-mlx guess --json` prints: the exact formulas
+    that fit the terms, simplest first, and the next terms they give."""
+    return guess(check_terms(body.terms), count=body.n, spare=body.spare).to_dict()
+
+
+@router.post("/v1/explain")
+async def explain(body: ExplainRequest, request: Request, worker: Worker) -> dict[str, Any]:
+    """The object `nextterm-mlx predict --json --explain --hybrid` prints:
+    the model's next terms, each verified formula with the model's
+    probability for its next term, and the hybrid answer."""
+    terms = readable_terms(body, worker)
+
+    def answer(predictor: Predictor) -> dict[str, Any]:
+        predictions = predictor.continue_sequence(terms, body.n, body.strict)
+        record = {"model": predictor.name, "terms": terms, "predictions": [p.to_dict() for p in predictions]}
+        return {**record, **explained(predictor, terms, predictions, body.spare, body.strict)}
+
+    [record] = await answered(request, worker.call(answer))
     return record
 
 

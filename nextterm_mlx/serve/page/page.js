@@ -21,7 +21,7 @@ async function explore(text, n) {
   const [greedy, ranked, fits, matches] = await Promise.all([
     post("/v1/predict", {terms: text, n}),
     post("/v1/predict", {terms: text, beams: BEAMS, top: TOP}),
-    post("/v1/guess", {terms: text}),
+    post("/v1/guess", {terms: text, n}),
     post("/v1/oeis/search", {terms: text}),
   ]);
   $("error").hidden = greedy.ok;
