@@ -45,6 +45,8 @@ def load_mlx_folder(
 
     Quantized weights are dequantized on a CPU, where MLX's quantized matmul
     is scalar and several times slower than float32, unless `keep_quantized`.
+    In float32, the weights the kernels multiply as stored stay as stored
+    (bfloat16 on a Linux CPU: half the memory, the same numbers).
     """
     dtype = dtype or DEFAULT_DTYPE
     if dtype not in DTYPES:
@@ -58,9 +60,14 @@ def load_mlx_folder(
                     "(--keep-quantized to keep them)", dtype)
         model.set_dtype(DTYPES[dtype])  # first, so that scale * q + bias is computed in `dtype`
         model = dequantize_model(model)
+    kernels = kernels_for_this_device()
+    as_stored = [(module, module.weight) for _, module in model.named_modules()
+                 if dtype == "float32" and kernels.reads_stored(module)]
     # Quantized weights stay integers; their scales and biases, and every
     # other weight, are cast.
     model.set_dtype(DTYPES[dtype])
-    model.kernels = kernels_for_this_device()
+    for module, weight in as_stored:
+        module.weight = weight
+    model.kernels = kernels
     mx.eval(model.parameters())
     return model, config
