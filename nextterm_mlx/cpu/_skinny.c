@@ -67,7 +67,7 @@ int nextterm_skinny_max_rows(void) { return MAX_ROWS; }
  * the same code multiplies and adds in the same order for both, so a
  * bfloat16 product gives bit for bit the float32 product of the widened
  * weights, while reading half the bytes. */
-enum { F32, BF16 };
+enum { F32, BF16, Q8 };
 
 typedef struct {
   const float *a;
@@ -77,6 +77,9 @@ typedef struct {
   int lda, ldw, ldc;
   float alpha, beta;
   int type;
+  /* Q8 only: each group's scale and bias, by weight row; each group's sum of
+   * a, by input row */
+  const float *scales, *biases, *group_sums;
 } Product;
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -125,7 +128,9 @@ typedef unsigned short u16x16 __attribute__((vector_size(32)));
 #define load_weights8(w, k, type) \
   ((type) == BF16 ? widen8((const uint16_t *)(w) + (k)) : load8((const float *)(w) + (k)))
 
-INLINE size_t element_size(int type) { return type == BF16 ? sizeof(uint16_t) : sizeof(float); }
+INLINE size_t element_size(int type) {
+  return type == Q8 ? sizeof(uint8_t) : type == BF16 ? sizeof(uint16_t) : sizeof(float);
+}
 
 /* Elements per cache line of 64 bytes, the unit the kernels prefetch in. */
 INLINE int line_elements(int type) { return 64 / (int)element_size(type); }
@@ -405,6 +410,80 @@ static void columns_generic(const Product *p, int first, int last) {
 
 static void (*columns)(const Product *, int, int) = columns_generic;
 
+/* --- 8-bit affine weights: w = scale * q + bias for each group of GROUP depths ------------ */
+
+/* mlx-lm's 8-bit format: a byte per weight, a scale and a bias per GROUP
+ * consecutive weights of a row. The sum over a group is scale * sum(q * a) +
+ * bias * sum(a), so the inner loop widens the bytes to float32 and
+ * multiplies them with the input, and the bias costs one multiply-add a
+ * group with the group's input sum, computed once per product. The numbers
+ * are those of the dequantized weights up to the order of the sums. */
+#define GROUP 64
+
+INLINE float q8_output(const Product *p, int m, int n) {
+  const float *x = p->a + (size_t)m * p->lda, *sums = p->group_sums + (size_t)m * (p->depth / GROUP);
+  const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
+  const float *scales = p->scales + (size_t)n * (p->depth / GROUP),
+              *biases = p->biases + (size_t)n * (p->depth / GROUP);
+  float total = 0.0f;
+  for (int g = 0; g < p->depth / GROUP; ++g) {
+    float dot = 0.0f;
+    for (int k = g * GROUP; k < (g + 1) * GROUP; ++k) dot += x[k] * (float)q[k];
+    total += scales[g] * dot + biases[g] * sums[g];
+  }
+  return total;
+}
+
+static void q8_columns_generic(const Product *p, int first, int last) {
+  for (int n = first; n < last; ++n)
+    for (int m = 0; m < p->rows; ++m) store(p, m, n, q8_output(p, m, n));
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* q8_output with eight lanes: the bytes widened by the instructions made for
+ * it (GCC's generic vector conversions of bytes go one element at a time). */
+__attribute__((target("avx2,fma"))) static float q8_output_avx2(const Product *p, int m, int n) {
+  const float *x = p->a + (size_t)m * p->lda, *sums = p->group_sums + (size_t)m * (p->depth / GROUP);
+  const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
+  const float *scales = p->scales + (size_t)n * (p->depth / GROUP),
+              *biases = p->biases + (size_t)n * (p->depth / GROUP);
+  __m256 total = _mm256_setzero_ps();
+  float offset = 0.0f;
+  for (int g = 0; g < p->depth / GROUP; ++g) {
+    __m256 dot0 = _mm256_setzero_ps(), dot1 = _mm256_setzero_ps();
+    for (int k = g * GROUP; k < (g + 1) * GROUP; k += 16) {
+      __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + k))));
+      __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + k + 8))));
+      dot0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, dot0);
+      dot1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, dot1);
+    }
+    total = _mm256_fmadd_ps(_mm256_set1_ps(scales[g]), _mm256_add_ps(dot0, dot1), total);
+    offset += biases[g] * sums[g];
+  }
+  __m128 half = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
+  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  half = _mm_add_ss(half, _mm_movehdup_ps(half));
+  return _mm_cvtss_f32(half) + offset;
+}
+
+__attribute__((target("avx2,fma"))) static void q8_columns_avx2(const Product *p, int first, int last) {
+  for (int n = first; n < last; ++n)
+    for (int m = 0; m < p->rows; ++m) store(p, m, n, q8_output_avx2(p, m, n));
+}
+#endif
+
+static void (*q8_columns)(const Product *, int, int) = q8_columns_generic;
+
+/* Output columns [first, last) of any product the kernel takes. */
+static void compute(const Product *p, int first, int last) {
+  if (p->type == Q8)
+    q8_columns(p, first, last);
+  else
+    columns(p, first, last);
+}
+
 /* --- one vector times a small matrix, on the calling thread ---------------------------- */
 
 /* Products of at most this many multiply-adds are computed here, on one
@@ -615,7 +694,7 @@ static void *worker_main(void *arg) {
     seen = now;
     int first, last;
     share(current, index, &first, &last);
-    columns(current, first, last);
+    compute(current, first, last);
     Successor next;
     int reads_ahead = read_ahead_bytes > 0 && successor_of(current->w, &next);
     if (reads_ahead) atomic_fetch_add(&read_aheads, 1);
@@ -649,7 +728,7 @@ static void run_product(const Product *p) {
    * computes alone. */
   if (thread_count == 1 || (long)p->cols * p->depth < MIN_SHARED_WEIGHTS ||
       pthread_mutex_trylock(&pool_lock) != 0) {
-    columns(p, 0, p->cols);
+    compute(p, 0, p->cols);
     return;
   }
   pthread_once(&workers_started, start_workers);
@@ -664,7 +743,7 @@ static void run_product(const Product *p) {
   }
   int first, last;
   share(p, 0, &first, &last);
-  columns(p, first, last);
+  compute(p, first, last);
   while (atomic_load(&pending) > 0) cpu_relax();
   pthread_mutex_unlock(&pool_lock);
 }
@@ -682,6 +761,7 @@ void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads, int read_
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     columns = columns_avx2;
     vector_times_matrix = vector_avx2;
+    q8_columns = q8_columns_avx2;
   }
   if (avx512 && __builtin_cpu_supports("avx512f") && columns == columns_avx2)
     columns = columns_avx512;
@@ -782,22 +862,27 @@ static atomic_ulong bf16_calls;
 /* How many products of bfloat16 weights this library took. */
 unsigned long nextterm_skinny_bf16_calls(void) { return atomic_load(&bf16_calls); }
 
-/* Each calling thread's float32 copy of the last weight it widened, kept
- * for the next: a fresh allocation of a weight's size at every product would
- * fault in fresh pages each time. */
-static __thread float *widened;
-static __thread size_t widened_capacity;
+/* Each calling thread's float32 buffer for a whole weight, kept for the
+ * next: a fresh allocation of a weight's size at every product would fault
+ * in fresh pages each time. */
+static __thread float *buffer;
+static __thread size_t buffer_capacity;
 
-static const float *widen(const uint16_t *from, size_t count) {
-  if (count > widened_capacity) {
-    free(widened);
-    widened = malloc(count * sizeof(float));
-    if (widened == NULL) {
-      fprintf(stderr, "nextterm-mlx: no memory left to widen a weight to float32\n");
+static float *float_buffer(size_t count) {
+  if (count > buffer_capacity) {
+    free(buffer);
+    buffer = malloc(count * sizeof(float));
+    if (buffer == NULL) {
+      fprintf(stderr, "nextterm-mlx: no memory left for a float32 copy of a weight\n");
       abort();
     }
-    widened_capacity = count;
+    buffer_capacity = count;
   }
+  return buffer;
+}
+
+static const float *widen(const uint16_t *from, size_t count) {
+  float *widened = float_buffer(count);
   for (size_t i = 0; i < count; ++i) {
     uint32_t bits = (uint32_t)from[i] << 16;
     memcpy(widened + i, &bits, sizeof bits);
@@ -821,4 +906,47 @@ void nextterm_linear_bf16(int m, int n, int k, const float *a, const uint16_t *w
     return;
   }
   cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, widen(w, (size_t)n * k), k, 0.0f, c, n);
+}
+
+/* --- 8-bit weights, computed in float32 ---------------------------------------------------- */
+
+static atomic_ulong q8_calls;
+
+/* How many products of 8-bit weights this library took. */
+unsigned long nextterm_skinny_q8_calls(void) { return atomic_load(&q8_calls); }
+
+/* A Linear layer's product c[m, n] = a[m, k] . w[n, k]^T for 8-bit weights
+ * q[n, k] in mlx-lm's affine format (w = scale * q + bias for each group of
+ * GROUP depths; k a multiple of GROUP), scales and biases[n, k / GROUP] in
+ * float32. Up to MAX_ROWS rows the kernel reads the bytes as they are;
+ * beyond, the weight is dequantized whole into the thread's float32 buffer
+ * for OpenBLAS's sgemm. */
+void nextterm_linear_q8(int m, int n, int k, const float *a, const uint8_t *q, const float *scales,
+                        const float *biases, float *c) {
+  atomic_fetch_add(&q8_calls, 1);
+  int groups = k / GROUP;
+  if (m <= MAX_ROWS) {
+    float *group_sums = malloc((size_t)m * groups * sizeof(float));
+    if (group_sums == NULL) {
+      fprintf(stderr, "nextterm-mlx: no memory left for an 8-bit product\n");
+      abort();
+    }
+    for (int i = 0; i < m; ++i)
+      for (int g = 0; g < groups; ++g) {
+        float sum = 0.0f;
+        for (int j = g * GROUP; j < (g + 1) * GROUP; ++j) sum += a[(size_t)i * k + j];
+        group_sums[(size_t)i * groups + g] = sum;
+      }
+    Product p = {a, q, c, m, n, k, k, k, n, 1.0f, 0.0f, Q8, scales, biases, group_sums};
+    run_product(&p);
+    free(group_sums);
+    return;
+  }
+  float *weight = float_buffer((size_t)n * k);
+  for (size_t row = 0; row < (size_t)n; ++row)
+    for (int j = 0; j < k; ++j) {
+      size_t group = row * groups + j / GROUP;
+      weight[row * k + j] = scales[group] * (float)q[row * k + j] + biases[group];
+    }
+  blas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, weight, k, 0.0f, c, n);
 }
