@@ -325,9 +325,11 @@ def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_si
               help="Also score the exact guessers alone and the hybrid answer (the simplest verified formula's "
               "next terms, the model's where none fits), on the same sequences.")
 @spare_option
+@click.option("--exclude-known", is_flag=True,
+              help="Drop the sequences whose given terms occur in the local OEIS (`nextterm-mlx oeis download`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed, batch_size, max_new_tokens, out,
-                 resume, force, compare_model, plot, beams, hybrid, spare, as_json, **model) -> None:
+                 resume, force, compare_model, plot, beams, hybrid, spare, exclude_known, as_json, **model) -> None:
     """Measure next-term accuracy on the sequences in FILE.
 
     Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
@@ -346,6 +348,11 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
         from .plot import check_can_plot
 
         check_can_plot(plot)
+    known = None
+    if exclude_known:
+        from .oeis import require_index
+
+        known = require_index(model["cache_dir"]).contains
     sequences = read_sequence_file(sequence_file, fmt)
     for problem in sequences.problems[:10]:
         click.echo(f"{sequence_file}: {problem} (skipped)", err=True)
@@ -357,7 +364,8 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
     if compare_model is not None:
         other = load(compare_model, dtype=model["dtype"], max_new_tokens=max_new_tokens,
                      cache_dir=model["cache_dir"], keep_quantized=model["keep_quantized"])
-    plan = plan_items(sequences.sequences, Task(given, predict_terms), predictor.max_positions, limit, shuffle, seed)
+    plan = plan_items(sequences.sequences, Task(given, predict_terms), predictor.max_positions, limit, shuffle, seed,
+                      known)
     if not plan.items:
         raise UserError(f"no sequence in {sequence_file} is long enough for this task "
                         f"({plan.skipped['too_short']} too short); lower --given or --predict-terms")

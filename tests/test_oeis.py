@@ -250,6 +250,7 @@ def test_info_describes_the_index(small_index, cli):
 @pytest.mark.parametrize("args, input, says", [
     (["oeis", "search", "1", "2"], "", "there is no OEIS index in "),
     (["oeis", "info"], "", "there is no OEIS index in "),
+    (["eval", "seqs.txt", "--model", "tiny", "--exclude-known"], "", "there is no OEIS index in "),
     (["oeis", "download", "--from", "."], "", "no stripped.gz or stripped file in ."),
     (["oeis", "search"], "\n\n", "stdin held no terms"),
 ])
@@ -319,3 +320,15 @@ def test_offline_with_nothing_cached_is_one_line_and_exit_code_2(cli, monkeypatc
     assert done.stderr.splitlines()[-1].endswith("(no index was built)")
     assert not index_path().exists()
 
+
+def test_eval_exclude_known_drops_the_sequences_the_oeis_holds(tmp_path, small_index):
+    corpus = {45: [0, 1, 1, 2, 3, 5, 8, 13], 27: [1, 2, 3, 4, 5, 6]}
+    rows = [[0, 1, 1, 2, 9], [3, 4, 5, 6, 7], [5, 8, 13, 21], [2, 4, 6, 8], [1, 2, 3, 4], [7, 7, 7]]
+    (tmp_path / "seqs.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in rows))
+    known = sum(bool(naive_search(corpus, r[:-1], 1)) for r in rows)
+    assert 0 < known < len(rows)
+    done = nextterm("eval", tmp_path / "seqs.txt", "--model", "tiny", "--exclude-known", "--json")
+    summary = json.loads(done.stdout)
+    assert summary["skipped"]["known_in_oeis"] == known and summary["sequences"] == len(rows) - known
+    plain = nextterm("eval", tmp_path / "seqs.txt", "--model", "tiny", "--exclude-known").stdout
+    assert f"skipped: {known} known in oeis" in plain
