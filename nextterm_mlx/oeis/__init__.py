@@ -10,7 +10,7 @@ ATTRIBUTION: the OEIS is CC BY-SA 4.0.
 """
 
 from .build import BuildReport, build_index
-from .download import download
+from .fetch import download
 from .index import ATTRIBUTION, Index, Match, index_path, open_index, require_index
 from .transforms import Transform
 

@@ -45,7 +45,11 @@ SEARCH = f"""
 SELECT id, name, terms, instr(terms, :pattern) AS at FROM sequences
 WHERE id IN ({CANDIDATES}) AND at > 0 ORDER BY at > 1, id LIMIT :limit
 """
-CONTAINS = f"SELECT 1 FROM sequences WHERE id IN ({CANDIDATES}) AND instr(terms, :pattern) > 0 LIMIT 1"
+# Driven by the windows, so that it stops at the first sequence that holds the query.
+CONTAINS = """
+SELECT 1 FROM windows JOIN sequences ON id = seq
+WHERE key >= :low AND key < :high AND instr(terms, :pattern) > 0 LIMIT 1
+"""
 
 
 def index_path(cache_dir: Optional[str | Path] = None) -> Path:
@@ -74,6 +78,7 @@ class Match:
         return self.transform.query_next(self.next) if self.transform else self.next
 
     def to_dict(self) -> dict[str, Any]:
+        """The match as `oeis search --json` prints it."""
         record = {"id": self.id, "name": self.name, "offset": self.offset, "next": self.next}
         if self.transform is not None:
             record["transform"] = {"name": self.transform.name, "description": self.transform.describe(),
@@ -129,6 +134,7 @@ class Index:
                 "size_bytes": os.path.getsize(self.path), "license": ATTRIBUTION}
 
     def close(self) -> None:
+        """Close the SQLite connection (a `with` block does it too)."""
         self.db.close()
 
     def __enter__(self) -> "Index":

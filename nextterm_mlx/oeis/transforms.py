@@ -27,6 +27,7 @@ class Transform:
     constant: int  # the gcd, the shift subtracted, the query's last term, or its sum
 
     def describe(self) -> str:
+        """The transform in words, such as "divided by 3" or "first differences"."""
         if self.name == "gcd":
             return f"divided by {self.constant}"
         if self.name == "shift":
