@@ -354,10 +354,7 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
 
         known = require_index(model["cache_dir"]).contains
     sequences = read_sequence_file(sequence_file, fmt)
-    for problem in sequences.problems[:10]:
-        click.echo(f"{sequence_file}: {problem} (skipped)", err=True)
-    if len(sequences.problems) > 10:
-        click.echo(f"{sequence_file}: {len(sequences.problems) - 10} more lines skipped", err=True)
+    show_skipped_lines(sequence_file, sequences.problems)
 
     predictor = load(**model, max_new_tokens=max_new_tokens)
     other = None
@@ -597,17 +594,7 @@ def oeis_search(terms, limit, transforms, as_json, cache_dir) -> None:
     """
     from .oeis import ATTRIBUTION, require_index
 
-    options = [t for t in terms if t.startswith("--")]
-    if options:
-        raise click.NoSuchOption(options[0])
-    if terms:
-        queries = [parse_terms(list(terms))]
-    elif not sys.stdin.isatty():
-        queries = [parse_terms([line]) for line in sys.stdin if line.strip()]
-        if not queries:
-            raise UserError("stdin held no terms; give one query per line, e.g. 1 1 2 3 5 8")
-    else:
-        raise UserError("no terms given; give the terms to look for, e.g. nextterm-mlx oeis search 1 1 2 3 5 8")
+    queries = read_sequences(terms, "oeis search")
     with require_index(cache_dir) as index:
         for query in queries:
             matches = [m.to_dict() for m in index.search(query, limit, transforms)]
