@@ -40,10 +40,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE sequences (id INTEGER PRIMARY KEY, name TEXT, terms TEXT NOT NULL);
 CREATE TABLE windows (key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (key, seq)) WITHOUT ROWID;
 """
-CANDIDATES = "SELECT seq FROM windows WHERE key >= :low AND key < :high"
-SEARCH = f"""
+SEARCH = """
 SELECT id, name, terms, instr(terms, :pattern) AS at FROM sequences
-WHERE id IN ({CANDIDATES}) AND at > 0 ORDER BY at > 1, id LIMIT :limit
+WHERE id IN (SELECT seq FROM windows WHERE key >= :low AND key < :high) AND at > 0
+ORDER BY at > 1, id LIMIT :limit
 """
 # Driven by the windows, so that it stops at the first sequence that holds the query.
 CONTAINS = """
