@@ -160,6 +160,11 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_v
         raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
     check_speculation(model["speculate"], beams or 1, batch_size=1)
     predictor = load(**model, max_new_tokens=max_new_tokens)
+    index = None
+    if explain:
+        from .oeis import open_index
+
+        index = open_index(model["cache_dir"])
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms, strict=strict)
         record = {"model": predictor.name, "terms": sequence, "predictions": [p.to_dict() for p in predictions]}
@@ -170,7 +175,7 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_v
         if explain or hybrid:
             from .explain import explained
 
-            record.update(explained(predictor, sequence, predictions, spare, strict, explain, hybrid))
+            record.update(explained(predictor, sequence, predictions, spare, strict, explain, hybrid, index))
         click.echo(json.dumps(record) if as_json else format_plain(record))
 
 
@@ -228,6 +233,12 @@ def explanation_lines(record: dict) -> str:
         lines.append(f"formula  {fit_line(fit)}  (model prob {fit['model_prob']:.4f}, {verdict})")
     if not record["explanations"]:
         lines.append(NO_FIT if record["guess_complete"] else NO_FIT_IN_TIME)
+    if "oeis" in record:
+        for match in record["oeis"]["matches"]:
+            lines.append(f"oeis     {format_match(match)}{'  (agrees)' if match['agrees'] else ''}")
+        if not record["oeis"]["matches"]:
+            lines.append("oeis     no match in the local OEIS")
+        lines.append(f"         {record['oeis']['license']}")
     return "\n".join(lines)
 
 
