@@ -160,6 +160,11 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_v
         raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
     check_speculation(model["speculate"], beams or 1, batch_size=1)
     predictor = load(**model, max_new_tokens=max_new_tokens)
+    index = None
+    if explain:
+        from .oeis import open_index
+
+        index = open_index(model["cache_dir"])
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms, strict=strict)
         record = {"model": predictor.name, "terms": sequence, "predictions": [p.to_dict() for p in predictions]}
@@ -170,7 +175,7 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_v
         if explain or hybrid:
             from .explain import explained
 
-            record.update(explained(predictor, sequence, predictions, spare, strict, explain, hybrid))
+            record.update(explained(predictor, sequence, predictions, spare, strict, explain, hybrid, index))
         click.echo(json.dumps(record) if as_json else format_plain(record))
 
 
@@ -228,6 +233,12 @@ def explanation_lines(record: dict) -> str:
         lines.append(f"formula  {fit_line(fit)}  (model prob {fit['model_prob']:.4f}, {verdict})")
     if not record["explanations"]:
         lines.append(NO_FIT if record["guess_complete"] else NO_FIT_IN_TIME)
+    if "oeis" in record:
+        for match in record["oeis"]["matches"]:
+            lines.append(f"oeis     {format_match(match)}{'  (agrees)' if match['agrees'] else ''}")
+        if not record["oeis"]["matches"]:
+            lines.append("oeis     no match in the local OEIS")
+        lines.append(f"         {record['oeis']['license']}")
     return "\n".join(lines)
 
 
@@ -325,9 +336,11 @@ def convert(hf_path, mlx_path, dtype, force, allow_nonfinite, q_bits, q_group_si
               help="Also score the exact guessers alone and the hybrid answer (the simplest verified formula's "
               "next terms, the model's where none fits), on the same sequences.")
 @spare_option
+@click.option("--exclude-known", is_flag=True,
+              help="Drop the sequences whose given terms occur in the local OEIS (`nextterm-mlx oeis download`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed, batch_size, max_new_tokens, out,
-                 resume, force, compare_model, plot, beams, hybrid, spare, as_json, **model) -> None:
+                 resume, force, compare_model, plot, beams, hybrid, spare, exclude_known, as_json, **model) -> None:
     """Measure next-term accuracy on the sequences in FILE.
 
     Runs across machines too: `mlx.launch --hosts a,b -- nextterm-mlx eval ...`
@@ -346,18 +359,21 @@ def eval_command(sequence_file, fmt, given, predict_terms, limit, shuffle, seed,
         from .plot import check_can_plot
 
         check_can_plot(plot)
+    known = None
+    if exclude_known:
+        from .oeis import require_index
+
+        known = require_index(model["cache_dir"]).contains
     sequences = read_sequence_file(sequence_file, fmt)
-    for problem in sequences.problems[:10]:
-        click.echo(f"{sequence_file}: {problem} (skipped)", err=True)
-    if len(sequences.problems) > 10:
-        click.echo(f"{sequence_file}: {len(sequences.problems) - 10} more lines skipped", err=True)
+    show_skipped_lines(sequence_file, sequences.problems)
 
     predictor = load(**model, max_new_tokens=max_new_tokens)
     other = None
     if compare_model is not None:
         other = load(compare_model, dtype=model["dtype"], max_new_tokens=max_new_tokens,
                      cache_dir=model["cache_dir"], keep_quantized=model["keep_quantized"])
-    plan = plan_items(sequences.sequences, Task(given, predict_terms), predictor.max_positions, limit, shuffle, seed)
+    plan = plan_items(sequences.sequences, Task(given, predict_terms), predictor.max_positions, limit, shuffle, seed,
+                      known)
     if not plan.items:
         raise UserError(f"no sequence in {sequence_file} is long enough for this task "
                         f"({plan.skipped['too_short']} too short); lower --given or --predict-terms")
@@ -517,6 +533,117 @@ def serve(host, port, **model) -> None:
     from .serve.server import serve as run_server
 
     run_server(host, port, model)
+
+
+def oeis_cache_option(command):
+    return click.option("--cache-dir", metavar="DIR", default=None,
+                        help="The cache the index lives in (default ~/.cache/nextterm-mlx or "
+                        "$NEXTTERM_MLX_CACHE).")(command)
+
+
+@cli.group()
+def oeis() -> None:
+    """The OEIS, offline: a local index to find where a sequence is known."""
+
+
+@oeis.command("download")
+@click.option("--from", "folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build from the stripped and names files in DIR (stripped.gz and names.gz, or uncompressed) "
+              "instead of fetching them from oeis.org.")
+@oeis_cache_option
+def oeis_download(folder, cache_dir) -> None:
+    """Fetch the OEIS's stripped and names files (or take them from DIR) and index them."""
+    from . import oeis as local_oeis
+
+    if folder is None:
+        report = local_oeis.download(cache_dir, progress=sys.stderr.isatty())
+    else:
+        stripped, names = oeis_files(folder)
+        report = local_oeis.build_index(stripped, names, local_oeis.index_path(cache_dir), str(folder.resolve()))
+    for file, problems in report.problems.items():
+        show_skipped_lines(file, problems)
+    click.echo(f"nextterm-mlx: indexed {report.sequences:,} sequences. {local_oeis.ATTRIBUTION}", err=True)
+
+
+def oeis_files(folder: Path) -> tuple[Path, Optional[Path]]:
+    """The stripped file (required) and the names file (if any) in `folder`."""
+    def first(name: str) -> Optional[Path]:
+        return next((folder / n for n in (f"{name}.gz", name) if (folder / n).is_file()), None)
+
+    stripped = first("stripped")
+    if stripped is None:
+        raise UserError(f"no stripped.gz or stripped file in {folder}; give the folder that holds the OEIS's "
+                        "stripped file (and names file)")
+    names = first("names")
+    if names is None:
+        logging.getLogger("nextterm_mlx").warning("no names.gz or names file in %s: matches will have no names",
+                                                  folder)
+    return stripped, names
+
+
+def show_skipped_lines(file: str, problems: list[str], shown: int = 10) -> None:
+    for problem in problems[:shown]:
+        click.echo(f"{file}: {problem} (skipped)", err=True)
+    if len(problems) > shown:
+        click.echo(f"{file}: {len(problems) - shown} more lines skipped", err=True)
+
+
+@oeis.command("search", context_settings={"ignore_unknown_options": True})
+@click.argument("terms", nargs=-1, type=click.UNPROCESSED)
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Show at most N matches a query.")
+@click.option("--transforms", is_flag=True,
+              help="Also search the terms divided by their gcd, shifted by a constant, their first differences "
+              "and their partial sums.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query.")
+@oeis_cache_option
+def oeis_search(terms, limit, transforms, as_json, cache_dir) -> None:
+    """Find the OEIS sequences in which TERMS occur, e.g. `oeis search 1 1 2 3 5 8`.
+
+    Best first: the sequences that start with TERMS, then the others, each by
+    A-number. With no TERMS, each line of stdin is a query.
+    """
+    from .oeis import ATTRIBUTION, require_index
+
+    queries = read_sequences(terms, "oeis search")
+    with require_index(cache_dir) as index:
+        for query in queries:
+            matches = [m.to_dict() for m in index.search(query, limit, transforms)]
+            if as_json:
+                click.echo(json.dumps({"terms": query, "matches": matches, "license": ATTRIBUTION}))
+            else:
+                if len(queries) > 1:
+                    click.echo(f"query: {' '.join(map(str, query))}")
+                click.echo("\n".join(map(format_match, matches)) or "no match in the local OEIS")
+    if not as_json:
+        click.echo(ATTRIBUTION, err=True)
+
+
+def format_match(match: dict) -> str:
+    """A000045  offset 3  next 13  Fibonacci numbers ... (the transform, if any, before the name)."""
+    next = "(end)" if match["next"] is None else match["next"]
+    words = [match["id"], f"offset {match['offset']}", f"next {next}"]
+    if "transform" in match:
+        words.append(f"[{match['transform']['description']}: yours next {match['transform']['query_next']}]")
+    return "  ".join(map(str, words + [match["name"] or "(no name)"]))
+
+
+@oeis.command("info")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@oeis_cache_option
+def oeis_info(as_json, cache_dir) -> None:
+    """Show the local OEIS index: where it is, when and from what it was built, its size."""
+    from .oeis import require_index
+
+    with require_index(cache_dir) as index:
+        details = index.info()
+    if as_json:
+        click.echo(json.dumps(details))
+        return
+    rows = {**details, "sequences": f"{details['sequences']:,}", "size_bytes": f"{details['size_bytes'] / 1e6:.1f} MB"}
+    for key, value in rows.items():
+        if value is not None:
+            click.echo(f"{key.removesuffix('_bytes'):<10} {value}")
 
 
 class OneLine(logging.Formatter):

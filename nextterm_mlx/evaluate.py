@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import mlx.core as mx
 from tqdm import tqdm
@@ -72,18 +72,22 @@ def plan_items(
     limit: Optional[int] = None,
     shuffle: bool = False,
     seed: int = 0,
+    known: Optional[Callable[[list[int]], bool]] = None,
 ) -> Plan:
-    """The items to evaluate, in a reproducible order, and what was skipped."""
+    """The items to evaluate, in a reproducible order, and what was skipped;
+    `known` tells the given terms to leave out (those the OEIS holds)."""
     sequences = list(sequences)
     if shuffle:
         random.Random(seed).shuffle(sequences)
-    plan = Plan([], {"too_short": 0, "too_long": 0})
+    plan = Plan([], {"too_short": 0, "too_long": 0, **({"known_in_oeis": 0} if known else {})})
     for sequence in sequences:
         split = task.split(sequence.terms)
         if split is None:
             plan.skipped["too_short"] += 1
         elif len(encode_prompt(split[0])) > max_positions:
             plan.skipped["too_long"] += 1
+        elif known is not None and known(split[0]):
+            plan.skipped["known_in_oeis"] += 1
         else:
             plan.items.append(Item(sequence.id, *split))
         if limit is not None and len(plan.items) == limit:

@@ -12,6 +12,11 @@ def readme_commands() -> list[str]:
     return re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
 
 
+def test_the_readme_is_at_most_250_lines():
+    # It is for users: what the tool is, the two set-up commands, usage; the rest is in docs/.
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
 def test_ci_runs_the_readme_test_command():
     test_command = next(c for c in readme_commands() if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()

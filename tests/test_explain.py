@@ -116,3 +116,32 @@ def test_eval_hybrid_refuses_beams(capsys, tmp_path):
     path.write_text("A1 ,1,2,3,4,\n")
     code, out, err = run(["eval", "--model", "tiny", "--hybrid", "--beams", "4", str(path)], capsys)
     assert code == 2 and "--hybrid" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_explain_shows_the_local_oeis(capsys, tmp_path, tiny):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "stripped").write_text("A000027 ,1,2,3,4,5,6,7,8,9,\nA000290 ,0,1,4,9,16,25,36,\n"
+                                    "A000001 ,7,1,2,3,4,5,6,40,\n")
+    (files / "names").write_text("A000027 The positive integers.\nA000290 The squares.\n")
+    cache = tmp_path / "cache"
+    assert run(["oeis", "download", "--from", str(files), "--cache-dir", str(cache)], capsys)[0] == 0
+    terms = [1, 2, 3, 4, 5, 6]
+    code, out, _ = run(["predict", "--model", "tiny", "--json", "--explain", "--cache-dir", str(cache),
+                        *map(str, terms)], capsys)
+    oeis = json.loads(out)["oeis"]
+    model_next = tiny.predict(terms).value
+    # By hand: A000027 starts with the terms (next 7); A000001 holds them from offset 1 (next 40).
+    assert code == 0 and [(m["id"], m["offset"], m["next"]) for m in oeis["matches"]] == [("A000027", 0, 7),
+                                                                                          ("A000001", 1, 40)]
+    assert [m["agrees"] for m in oeis["matches"]] == [model_next == 7, model_next == 40]
+    assert "CC BY-SA 4.0" in oeis["license"]
+    code, out, _ = run(["predict", "--model", "tiny", "--explain", "--cache-dir", str(cache), *map(str, terms)],
+                       capsys)
+    assert code == 0 and "oeis     A000027  offset 0  next 7  The positive integers." in out
+    assert "CC BY-SA 4.0" in out
+
+
+def test_predict_explain_without_an_index_shows_no_oeis(capsys):
+    code, out, _ = run(["predict", "--model", "tiny", "--json", "--explain", "1", "2", "3"], capsys)
+    assert code == 0 and "oeis" not in json.loads(out)

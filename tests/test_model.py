@@ -67,6 +67,7 @@ def test_macos_never_imports_the_cpu_path(tmp_path):
         "import sys\n"
         "import nextterm_mlx\n"
         "from nextterm_mlx.cli import main\n"
+        "import mlx_lm.utils  # the CLI does not import it\n"
         "sys.platform = 'darwin'  # after the imports: mlx_lm's own depend on the platform\n"
         "predictor = nextterm_mlx.load('tiny')\n"
         "print(predictor.predict([1, 2, 3, 4]).value, type(predictor.model.kernels).__name__)\n"

@@ -5,8 +5,9 @@ followed by the lines it prints. A block runs when every nextterm-mlx
 command in it works offline: it uses `--model tiny` or a folder given by
 path (`--model ./folder`), converts the shipped tiny checkpoint
 (`convert nextterm_mlx/models/tiny ...`), or needs no model
-(`checkpoints`, `guess`). A block with a `--model tiny` command must run: it may not
-also hold a command that needs the hub.
+(`checkpoints`, `guess`, and `oeis` but for a download from oeis.org). A
+block with a `--model tiny` command must run: it may not also hold a
+command that needs the hub.
 
 Each block runs in one bash, command after command, in a fresh folder that
 holds `nextterm_mlx` (the installed package) as a source checkout does, with
@@ -90,6 +91,8 @@ def offline(args: list[str]) -> bool:
         return False
     if args[0] in ("checkpoints", "guess"):
         return True
+    if args[0] == "oeis":
+        return args[1:2] != ["download"] or "--from" in args
     if args[0] == "convert":
         return len(args) > 1 and args[1].startswith("nextterm_mlx/models/tiny")
     model = next((b for a, b in zip(args, args[1:]) if a == "--model"), None)

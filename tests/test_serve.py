@@ -33,7 +33,6 @@ from nextterm_mlx.guess import guess
 from nextterm_mlx.terms import check_terms
 from nextterm_mlx.serve.api import TermsRequest
 from nextterm_mlx.serve.app import create_app
-from nextterm_mlx.serve.errors import error
 from nextterm_mlx.serve.waiting import answered
 from nextterm_mlx.serve.worker import ModelWorker
 
@@ -108,12 +107,7 @@ def worker(tmp_path_factory):
 
 
 def with_test_endpoints(app, worker):
-    """Endpoints added as a maintainer adds one: an OEIS search whose index
-    is missing (503), and one that fails on the model's thread."""
-
-    @app.post("/v1/oeis/search")
-    def search(body: TermsRequest):
-        return error(503, "no OEIS index; run nextterm-mlx oeis fetch")
+    """An endpoint added as a maintainer adds one, that fails on the model's thread."""
 
     @app.post("/v1/explode")
     async def explode(body: TermsRequest, request: Request) -> dict[str, Any]:
@@ -221,6 +215,61 @@ def test_explain_answers_what_predict_explain_prints(server, capsys, args, body)
 def test_guess_and_explain_refuse_bad_input(server, path, body):
     response = post(server, body, path)
     assert response.status_code == 422 and len(response.json()["error"].splitlines()) == 1
+
+
+STRIPPED = """# hand-made, in the OEIS's stripped format
+A000045 ,0,1,1,2,3,5,8,13,21,34,55,89,144,
+A000027 ,1,2,3,4,5,6,7,8,9,10,11,12,
+A000004 ,0,0,0,0,0,0,0,
+"""
+NAMES = "A000045 Fibonacci numbers.\nA000027 The positive integers.\nA000004 The zero sequence.\n"
+
+
+@pytest.fixture(scope="module")
+def oeis_cache(tmp_path_factory):
+    """A cache holding a local OEIS index of STRIPPED and NAMES, built by the command."""
+    files, cache = tmp_path_factory.mktemp("oeis-files"), tmp_path_factory.mktemp("oeis-cache")
+    (files / "stripped").write_text(STRIPPED)
+    (files / "names").write_text(NAMES)
+    try:
+        main(["oeis", "download", "--from", str(files), "--cache-dir", str(cache)])
+    except SystemExit as e:
+        assert e.code == 0
+    return cache
+
+
+@pytest.fixture(scope="module")
+def oeis_server(worker, oeis_cache):
+    with running(create_app(worker, oeis_cache)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("args,body", [
+    (["1", "2", "3", "5", "8"], {"terms": [1, 2, 3, 5, 8]}),
+    (["--limit", "1", "0", "0"], {"terms": "0 0", "limit": 1}),
+    (["--transforms", "2", "4", "6", "8"], {"terms": [2, 4, 6, 8], "transforms": True}),
+    (["7", "7", "7", "7"], {"terms": [7, 7, 7, 7]}),
+])
+def test_oeis_search_answers_what_oeis_search_json_prints(oeis_server, oeis_cache, capsys, args, body):
+    main(["oeis", "search", "--json", "--cache-dir", str(oeis_cache), *args])
+    printed = json.loads(capsys.readouterr().out)
+    response = post(oeis_server, body, "/v1/oeis/search")
+    assert response.status_code == 200, response.text
+    assert without_strings(response.json()) == printed
+
+
+def test_oeis_search_without_an_index_is_503(server):
+    response = post(server, {"terms": [1, 2, 3]}, "/v1/oeis/search")
+    assert response.status_code == 503 and "oeis download" in response.json()["error"]
+
+
+def test_explain_shows_the_oeis_matches_as_predict_explain_does(oeis_server, oeis_cache, capsys):
+    main(["predict", "--model", "tiny", "--json", "--explain", "--hybrid", "--cache-dir", str(oeis_cache),
+          "1", "2", "3", "4", "5", "6"])
+    printed = json.loads(capsys.readouterr().out)
+    answer = post(oeis_server, {"terms": [1, 2, 3, 4, 5, 6]}, "/v1/explain").json()
+    assert [m["id"] for m in printed["oeis"]["matches"]] == ["A000027"]
+    assert close(without_strings(answer), printed)
 
 
 def test_big_terms_travel_exactly_as_numbers_and_as_strings(server, reference):

@@ -12,13 +12,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional, Union
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
 from ..explain import explained
 from ..guess import DEFAULT_SPARE, guess
+from ..oeis import ATTRIBUTION, open_index
 from ..predictor import Predictor
 from ..terms import check_terms
+from .errors import error
 from .waiting import answered
 from .worker import ModelWorker
 
@@ -55,6 +58,12 @@ class GuessRequest(TermsRequest):
 
 class ExplainRequest(GuessRequest):
     strict: bool = Field(False, strict=True, description="Only allow tokens that form a canonical integer.")
+
+
+class SearchRequest(TermsRequest):
+    limit: Count = Field(10, description="How many matches to give at most.")
+    transforms: bool = Field(False, strict=True, description="Also search the terms divided by their gcd, "
+                             "shifted by a constant, their first differences and their partial sums.")
 
 
 def model_worker(request: Request) -> ModelWorker:
@@ -103,13 +112,32 @@ async def explain(body: ExplainRequest, request: Request, worker: Worker) -> dic
     probability for its next term, and the hybrid answer."""
     terms = readable_terms(body, worker)
 
+    index = open_index(request.app.state.cache_dir)
+
     def answer(predictor: Predictor) -> dict[str, Any]:
         predictions = predictor.continue_sequence(terms, body.n, body.strict)
         record = {"model": predictor.name, "terms": terms, "predictions": [p.to_dict() for p in predictions]}
-        return {**record, **explained(predictor, terms, predictions, body.spare, body.strict)}
+        return {**record, **explained(predictor, terms, predictions, body.spare, body.strict, index=index)}
 
-    [record] = await answered(request, worker.call(answer))
+    try:
+        [record] = await answered(request, worker.call(answer))
+    finally:
+        if index is not None:
+            index.close()
     return record
+
+
+@router.post("/v1/oeis/search", response_model=None)
+def oeis_search(body: SearchRequest, request: Request) -> dict[str, Any] | JSONResponse:
+    """The object `nextterm-mlx oeis search --json` prints: the local OEIS's
+    sequences that hold the terms, best first; 503 when there is no index."""
+    terms = check_terms(body.terms)
+    index = open_index(request.app.state.cache_dir)
+    if index is None:
+        return error(503, "no local OEIS index; build it with `nextterm-mlx oeis download`")
+    with index:
+        matches = [match.to_dict() for match in index.search(terms, body.limit, body.transforms)]
+    return {"terms": terms, "matches": matches, "license": ATTRIBUTION}
 
 
 def readable_terms(body: TermsRequest, worker: ModelWorker) -> list[int]:

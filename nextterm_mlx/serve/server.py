@@ -32,7 +32,7 @@ def serve(host: str, port: int, model_options: dict[str, Any]) -> None:
         else:
             log.warning("serving %s at %s, open to other machines: the API has no authentication "
                         "(--host 127.0.0.1 keeps it on this one)", predictor.name, address)
-        server = uvicorn.Server(uvicorn.Config(create_app(worker), log_level="warning", access_log=False))
+        server = uvicorn.Server(uvicorn.Config(create_app(worker, model_options.get("cache_dir")), log_level="warning", access_log=False))
         server.run(sockets=[listener])
     finally:
         worker.stop()
