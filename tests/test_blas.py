@@ -228,6 +228,31 @@ def test_bf16_weights_give_the_float32_products_of_their_widened_values(name):
     check_bf16_product(name)
 
 
+# An 8-bit Linear layer's product: (shape of x, outputs); depths are groups of 64.
+Q8_PRODUCTS = {
+    "one row, one group, ragged outputs": ((1, 64), 7),
+    "one row, threaded (about the 440M shape's up projection)": ((1, 1024), 3072),
+    "four rows, threaded": ((4, 3072), 1027),
+    "as many rows as the kernel takes": ((MAX_ROWS, 1024), 515),
+    "more rows, dequantized for OpenBLAS": ((MAX_ROWS + 36, 1024), 512),
+}
+
+
+@needs_kernel_and_primitives
+@pytest.mark.parametrize("name", Q8_PRODUCTS)
+def test_8_bit_products_match_numpy_on_the_dequantized_weights(name):
+    x_shape, outputs = Q8_PRODUCTS[name]
+    seed = list(Q8_PRODUCTS).index(name) * 2
+    x = random_array(x_shape, seed)
+    weight, scales, biases = mx.quantize(mx.array(random_array((outputs, x_shape[-1]), seed + 1)), 64, 8)
+    dequantized = np.array(mx.dequantize(weight, scales, biases, 64, 8))
+    q8_calls = KERNEL.nextterm_skinny_q8_calls()
+    got = PRIMITIVES.quantized_linear(mx.array(x), weight, scales, biases, PRODUCTS.q8_address)
+    mx.eval(got)
+    assert KERNEL.nextterm_skinny_q8_calls() == q8_calls + 1
+    np.testing.assert_allclose(np.array(got), in_float64(x, dequantized.T), rtol=1e-5, atol=1e-3)
+
+
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,

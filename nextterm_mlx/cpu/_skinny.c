@@ -442,35 +442,40 @@ static void q8_columns_generic(const Product *p, int first, int last) {
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/* q8_output with eight lanes: the bytes widened by the instructions made for
- * it (GCC's generic vector conversions of bytes go one element at a time). */
-__attribute__((target("avx2,fma"))) static float q8_output_avx2(const Product *p, int m, int n) {
-  const float *x = p->a + (size_t)m * p->lda, *sums = p->group_sums + (size_t)m * (p->depth / GROUP);
-  const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
-  const float *scales = p->scales + (size_t)n * (p->depth / GROUP),
-              *biases = p->biases + (size_t)n * (p->depth / GROUP);
-  __m256 total = _mm256_setzero_ps();
-  float offset = 0.0f;
-  for (int g = 0; g < p->depth / GROUP; ++g) {
-    __m256 dot0 = _mm256_setzero_ps(), dot1 = _mm256_setzero_ps();
-    for (int k = g * GROUP; k < (g + 1) * GROUP; k += 16) {
-      __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + k))));
-      __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + k + 8))));
-      dot0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, dot0);
-      dot1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, dot1);
-    }
-    total = _mm256_fmadd_ps(_mm256_set1_ps(scales[g]), _mm256_add_ps(dot0, dot1), total);
-    offset += biases[g] * sums[g];
-  }
-  __m128 half = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
-  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  half = _mm_add_ss(half, _mm_movehdup_ps(half));
-  return _mm_cvtss_f32(half) + offset;
-}
-
+/* q8 columns with eight lanes: each group of a weight row is widened once,
+ * by the instructions made for it (GCC's generic vector conversions of
+ * bytes go one element at a time), and multiplied with every input row. */
 __attribute__((target("avx2,fma"))) static void q8_columns_avx2(const Product *p, int first, int last) {
-  for (int n = first; n < last; ++n)
-    for (int m = 0; m < p->rows; ++m) store(p, m, n, q8_output_avx2(p, m, n));
+  int groups = p->depth / GROUP;
+  for (int n = first; n < last; ++n) {
+    const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
+    const float *scales = p->scales + (size_t)n * groups, *biases = p->biases + (size_t)n * groups;
+    __m256 totals[MAX_ROWS];
+    float offsets[MAX_ROWS];
+    for (int m = 0; m < p->rows; ++m) totals[m] = _mm256_setzero_ps(), offsets[m] = 0.0f;
+    for (int g = 0; g < groups; ++g) {
+      __m256 w[GROUP / 8];
+      for (int i = 0; i < GROUP / 8; ++i)
+        w[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + g * GROUP + 8 * i))));
+      __m256 scale = _mm256_set1_ps(scales[g]);
+      for (int m = 0; m < p->rows; ++m) {
+        const float *x = p->a + (size_t)m * p->lda + g * GROUP;
+        __m256 dot0 = _mm256_mul_ps(_mm256_loadu_ps(x), w[0]), dot1 = _mm256_mul_ps(_mm256_loadu_ps(x + 8), w[1]);
+        for (int i = 2; i < GROUP / 8; i += 2) {
+          dot0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * i), w[i], dot0);
+          dot1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * i + 8), w[i + 1], dot1);
+        }
+        totals[m] = _mm256_fmadd_ps(scale, _mm256_add_ps(dot0, dot1), totals[m]);
+        offsets[m] += biases[g] * p->group_sums[(size_t)m * groups + g];
+      }
+    }
+    for (int m = 0; m < p->rows; ++m) {
+      __m128 half = _mm_add_ps(_mm256_castps256_ps128(totals[m]), _mm256_extractf128_ps(totals[m], 1));
+      half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+      half = _mm_add_ss(half, _mm_movehdup_ps(half));
+      store(p, m, n, _mm_cvtss_f32(half) + offsets[m]);
+    }
+  }
 }
 #endif
 
