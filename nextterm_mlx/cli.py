@@ -159,12 +159,12 @@ def predict(terms, n_terms, max_new_tokens, beams, top, strict, explain, score_v
     if beams is not None and n_terms > 1:
         raise UserError("--beams ranks candidates for the next term only; drop --terms or --beams")
     check_speculation(model["speculate"], beams or 1, batch_size=1)
-    predictor = load(**model, max_new_tokens=max_new_tokens)
     index = None
-    if explain:
+    if explain:  # a damaged index is said before the model loads
         from .oeis import open_index
 
         index = open_index(model["cache_dir"])
+    predictor = load(**model, max_new_tokens=max_new_tokens)
     for sequence in sequences:
         predictions = predictor.continue_sequence(sequence, n_terms, strict=strict)
         record = {"model": predictor.name, "terms": sequence, "predictions": [p.to_dict() for p in predictions]}

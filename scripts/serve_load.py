@@ -2,7 +2,7 @@
 continue_batch in-process; latency; the server's memory over a long run.
 
     python scripts/serve_load.py OEIS_STRIPPED_FILE [--model tiny] [--clients 32] [--requests 50]
-        [--total 10000] [--no-check] [--json OUT.json]
+        [--total 10000] [--no-check] [--no-in-process] [--json OUT.json]
 
 Each request is one sequence of the file without its last term, as eval
 gives it. In order:
@@ -25,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -50,22 +51,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="per client")
     parser.add_argument("--total", type=int, default=10_000, help="requests before the last RSS reading")
     parser.add_argument("--no-check", dest="check", action="store_false")
+    parser.add_argument("--no-in-process", dest="in_process", action="store_false",
+                        help="skip step 2 (long on the 440M shape, where only the clients' ratio is wanted)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     count = args.clients * args.requests
     sequences = [s.terms[:-1] for s in read_sequence_file(args.sequences, "oeis").sequences[:count]]
     expected = one_at_a_time(args.model, sequences) if args.check else None
-    in_process = in_process_rate(args.model, sequences, args.clients)
+    in_process = in_process_rate(args.model, sequences, args.clients) if args.in_process else None
 
     server, port = start_server(args.model)
     try:
         # The first 100 are the concurrent clients', as all but the one client's are.
         many = run_clients(port, split(sequences, args.clients), expected, rss_after=(server.pid, 100))
+        print(f"{args.clients} clients: {json.dumps(many)}", file=sys.stderr, flush=True)
         one = run_clients(port, [sequences], expected)
+        print(f"one client: {json.dumps(one)}", file=sys.stderr, flush=True)
         served = 2 * count
         rest = [sequences[i % count] for i in range(served, max(args.total, served))]
-        run_clients(port, split(rest, args.clients), None)
+        if rest:
+            run_clients(port, split(rest, args.clients), None)
         rss_last = rss_bytes(server.pid)
     finally:
         server.terminate()
@@ -75,10 +81,11 @@ def main() -> None:
         "model": args.model, "clients": args.clients, "requests": count,
         "checked": args.check, "wrong": one["wrong"] + many["wrong"], "errors": one["errors"] + many["errors"],
         "one_client_per_s": one["rate"], "many_clients_per_s": many["rate"], "in_process_batch_per_s": in_process,
-        "many_vs_one": many["rate"] / one["rate"], "many_vs_in_process": many["rate"] / in_process,
+        "many_vs_one": many["rate"] / one["rate"],
+        "many_vs_in_process": many["rate"] / in_process if in_process else None,
         "latency_p50_s": many["p50"], "latency_p99_s": many["p99"],
         "rss_after_100_bytes": many["rss"], f"rss_after_{max(args.total, served)}_bytes": rss_last,
-        "rss_growth": rss_last / many["rss"] - 1,
+        "rss_growth": rss_last / many["rss"] - 1 if many["rss"] else None,
     }
     print(json.dumps(report, indent=1))
     if args.json is not None:
@@ -111,7 +118,7 @@ def start_server(model: str) -> tuple[subprocess.Popen, int]:
         if not line:
             raise SystemExit("the server ended before serving")
     threading.Thread(target=server.stderr.read, daemon=True).start()  # so its pipe never fills
-    return server, int(line.split("/")[2].rpartition(":")[2])
+    return server, int(re.search(r"http://\S+:(\d+)/", line)[1])
 
 
 def split(items: list, parts: int) -> list[list]:
