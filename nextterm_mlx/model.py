@@ -29,6 +29,11 @@ class Kernels:
         """x through a Linear layer, or an Embedding used as the output head."""
         return layer.as_linear(x) if hasattr(layer, "as_linear") else layer(x)
 
+    def reads_stored(self, layer: nn.Module) -> bool:
+        """Whether `linear` multiplies the layer's weight as stored, where the
+        loader would otherwise cast it to the compute dtype."""
+        return False
+
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         return swiglu(gate, x)
 

@@ -59,11 +59,9 @@ class Predictor:
         """What is loaded and how it runs: what `nextterm-mlx info` prints."""
         import mlx.core as mx
         import mlx_lm
-        from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
         meta = read_meta(self.path) or {}
-        compute_dtypes = sorted({str(p.dtype).removeprefix("mlx.core.") for _, p in tree_flatten(self.model.parameters())})
         architecture_keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                              "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings", "rope_theta",
                              "rms_norm_eps", "max_position_embeddings")
@@ -73,7 +71,9 @@ class Predictor:
             "parameters": get_total_parameters(self.model),
             "config": {k: self.config.get(k) for k in architecture_keys},
             "stored_dtype": meta.get("dtype"),
-            "compute_dtype": ", ".join(compute_dtypes),
+            # The norms are cast to the dtype the model computes in, whatever the weights' storage.
+            "compute_dtype": dtype_name(self.model.model.norm.weight.dtype),
+            "weights": weights_in_memory(self.model),
             "quantization": self.config.get("quantization"),
             "source": meta.get("source"),
             "source_meta": meta.get("source_meta"),
@@ -239,3 +239,14 @@ def load(
                              quantization=quantization, cache_dir=cache_dir)
     mlx_model, config = load_mlx_folder(resolved.path, dtype, keep_quantized)
     return Predictor(mlx_model, config, resolved.path, resolved.name, max_new_tokens, speculate)
+
+
+def dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("mlx.core.")
+
+
+def weights_in_memory(model: nn.Module) -> str:
+    """How the Linear layers' weights are held: their dtypes, or their bits when quantized."""
+    kinds = {f"{layer.bits}-bit" if isinstance(layer, nn.QuantizedLinear) else dtype_name(layer.weight.dtype)
+             for _, layer in model.named_modules() if isinstance(layer, (nn.Linear, nn.QuantizedLinear))}
+    return ", ".join(sorted(kinds))

@@ -32,6 +32,9 @@ class Settings:
     two_streams: bool = True
     # glibc keeps freed memory for the next operation (the command line only).
     keep_heap: bool = True
+    # bfloat16 weights stay as stored and are multiplied as they are, in float32
+    # (else they are widened to float32 when loaded).
+    stored_weights: bool = True
 
 
 VARIABLES = {
@@ -43,6 +46,7 @@ VARIABLES = {
     "primitives": "NEXTTERM_MLX_PRIMITIVES",
     "two_streams": "NEXTTERM_MLX_TWO_STREAMS",
     "keep_heap": "NEXTTERM_MLX_KEEP_HEAP",
+    "stored_weights": "NEXTTERM_MLX_STORED_WEIGHTS",
 }
 
 

@@ -95,13 +95,30 @@ def batch1_decode_rate(predictor, terms: list[int], tokens: int) -> float:
 
 
 def worker_decode(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
-    """Batch-1 decode alone: run with NEXTTERM_MLX_SKINNY=0 to show what the skinny-product kernel is worth."""
+    """Prefill and batch-1 decode alone, and the peak RSS they take: run with
+    NEXTTERM_MLX_SKINNY=0 to show what the skinny-product kernel is worth, with
+    NEXTTERM_MLX_STORED_WEIGHTS=0 for the weights widened to float32."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
     import nextterm_mlx
+    from nextterm_mlx.decode import prefill
+    from nextterm_mlx.vocab import encode_prompt
 
     predictor = nextterm_mlx.load(model_path, dtype="float32", max_new_tokens=new_tokens)
+    prompt = mx.array([encode_prompt(prompts["single"])])
+
+    def prefill_once():
+        mx.eval(prefill(predictor.model, prompt, make_prompt_cache(predictor.model)))
+
+    prefill_once()
     batch1_decode_rate(predictor, prompts["single"], new_tokens)
-    return {"blas": predictor.info()["blas"], "decode_tok_s": statistics.median(
-        batch1_decode_rate(predictor, prompts["single"], 4 * new_tokens) for _ in range(repeats))}
+    info = predictor.info()
+    return {"blas": info["blas"], "weights": info["weights"],
+            "prefill_seconds": median_time(prefill_once, repeats),
+            "decode_tok_s": statistics.median(
+                batch1_decode_rate(predictor, prompts["single"], 4 * new_tokens) for _ in range(repeats)),
+            "peak_rss_gb": peak_memory_bytes() / 2**30}
 
 
 def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
@@ -376,6 +393,9 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     ours = run_worker(["nextterm", str(mlx_440m), *common])
     print("measuring nextterm-mlx decode without the skinny-product kernel", file=sys.stderr)
     through_sgemm = run_worker(["decode", str(mlx_440m), *common], {"NEXTTERM_MLX_SKINNY": "0"})
+    print("measuring nextterm-mlx with the bfloat16 weights as stored and widened to float32", file=sys.stderr)
+    as_stored = run_worker(["decode", str(mlx_440m), *common])
+    widened = run_worker(["decode", str(mlx_440m), *common], {"NEXTTERM_MLX_STORED_WEIGHTS": "0"})
     print("measuring the overhead-bound proxy", file=sys.stderr)
     proxy = run_worker(["proxy", str(mlx_proxy), json.dumps(prompts), str(repeats), "200"])
     print("measuring speculative decoding on the tiny model", file=sys.stderr)
@@ -398,6 +418,8 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "stock_mlx": stock,
         "nextterm": ours,
         "nextterm_without_skinny_kernel": through_sgemm,
+        "nextterm_weights_as_stored": as_stored,
+        "nextterm_weights_widened": widened,
         "proxy": proxy,
         "speculation_tiny": speculation,
     }
@@ -409,6 +431,10 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "decode_vs_transformers_bf16": ratio(ours["decode_tok_s"], torch_bf16["decode_tok_s"]),
         **{f"verify{k}_vs_step": ratio(ours[f"verify{k}_seconds"], ours["step_seconds"]) for k in VERIFY_SIZES},
         "decode_vs_without_skinny_kernel": ratio(ours["decode_tok_s"], through_sgemm["decode_tok_s"]),
+        "decode_stored_vs_widened_weights": ratio(as_stored["decode_tok_s"], widened["decode_tok_s"]),
+        "prefill_stored_vs_widened_weights": ratio(widened["prefill_seconds"], as_stored["prefill_seconds"]),
+        # Of the default CPU path, prefill and decode alone.
+        "peak_rss_gb": as_stored["peak_rss_gb"],
         "bandwidth_fraction": ours["bandwidth_fraction"],
         "eval_decode_b32_vs_b1": ratio(ours["eval_b32"]["decode_tok_s"], ours["eval_b1"]["decode_tok_s"]),
         # A larger batch must never be slower per sequence: both at least 1.

@@ -204,6 +204,55 @@ def test_linear_products_are_computed_where_their_rows_and_size_say_and_match_nu
     check_linear_product(name)
 
 
+def check_bf16_product(name: str) -> None:
+    """x @ weight.T for a bfloat16 weight, through the Linear primitive and
+    the kernel's bfloat16 product: computed where the float32 product of the
+    widened weight is, and equal to it bit for bit."""
+    x_shape, outputs, where = LINEAR_PRODUCTS[name]
+    seed = list(LINEAR_PRODUCTS).index(name) * 2
+    x = mx.array(random_array(x_shape, seed))
+    weight = mx.array(random_array((outputs, x_shape[-1]), seed + 1)).astype(mx.bfloat16)
+    widened = weight.astype(mx.float32)
+    mx.eval(weight, widened)
+    bf16_calls, before = KERNEL.nextterm_skinny_bf16_calls(), counters()
+    got = PRIMITIVES.linear(x, weight, PRODUCTS.bf16_address)
+    mx.eval(got)
+    assert KERNEL.nextterm_skinny_bf16_calls() == bf16_calls + 1
+    assert moved_since(before) == WHERE[where], dict(zip(COUNTERS, moved_since(before)))
+    assert np.array_equal(np.array(got), np.array(PRIMITIVES.linear(x, widened, PRODUCTS.address)))
+
+
+@needs_kernel_and_primitives
+@pytest.mark.parametrize("name", LINEAR_PRODUCTS)
+def test_bf16_weights_give_the_float32_products_of_their_widened_values(name):
+    check_bf16_product(name)
+
+
+# An 8-bit Linear layer's product: (shape of x, outputs); depths are groups of 64.
+Q8_PRODUCTS = {
+    "one row, one group, ragged outputs": ((1, 64), 7),
+    "one row, threaded (about the 440M shape's up projection)": ((1, 1024), 3072),
+    "four rows, threaded": ((4, 3072), 1027),
+    "as many rows as the kernel takes": ((MAX_ROWS, 1024), 515),
+    "more rows, dequantized for OpenBLAS": ((MAX_ROWS + 36, 1024), 512),
+}
+
+
+@needs_kernel_and_primitives
+@pytest.mark.parametrize("name", Q8_PRODUCTS)
+def test_8_bit_products_match_numpy_on_the_dequantized_weights(name):
+    x_shape, outputs = Q8_PRODUCTS[name]
+    seed = list(Q8_PRODUCTS).index(name) * 2
+    x = random_array(x_shape, seed)
+    weight, scales, biases = mx.quantize(mx.array(random_array((outputs, x_shape[-1]), seed + 1)), 64, 8)
+    dequantized = np.array(mx.dequantize(weight, scales, biases, 64, 8))
+    q8_calls = KERNEL.nextterm_skinny_q8_calls()
+    got = PRIMITIVES.quantized_linear(mx.array(x), weight, scales, biases, PRODUCTS.q8_address)
+    mx.eval(got)
+    assert KERNEL.nextterm_skinny_q8_calls() == q8_calls + 1
+    np.testing.assert_allclose(np.array(got), in_float64(x, dequantized.T), rtol=1e-5, atol=1e-3)
+
+
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -377,6 +426,7 @@ def test_without_the_kernel_every_product_goes_to_openblas_and_matches_numpy(row
 def check_every_product() -> int:
     """Every check above, once each: what the subprocess on the AVX2 kernel runs."""
     checks = ([(check_linear_product, (name,)) for name in LINEAR_PRODUCTS]
+              + [(check_bf16_product, (name,)) for name in LINEAR_PRODUCTS]
               + [(check_sgemm_product, (name,)) for name in SGEMM_PRODUCTS]
               + [(check_addmm, case) for case in ADDMM] + [(check_alpha_zero, case) for case in ALPHA_ZERO]
               + [(check_nan_output, (name,)) for name in NAN_OUTPUTS])
@@ -425,7 +475,7 @@ def test_several_rows_take_the_avx512_kernel_where_the_cpu_has_it_unless_told_no
     assert "(AVX-512 for several rows" in PRODUCTS.description
     # The products above once more, on the AVX2 kernel.
     checked = python(ON_THE_AVX2_KERNEL, NEXTTERM_MLX_AVX512="0")
-    assert int(checked) == (len(LINEAR_PRODUCTS) + len(SGEMM_PRODUCTS) + len(ADDMM) + len(ALPHA_ZERO)
+    assert int(checked) == (2 * len(LINEAR_PRODUCTS) + len(SGEMM_PRODUCTS) + len(ADDMM) + len(ALPHA_ZERO)
                             + len(NAN_OUTPUTS))
 
 

@@ -22,6 +22,9 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,15 +62,29 @@ int nextterm_skinny_max_rows(void) { return MAX_ROWS; }
 
 /* --- the kernel: c[m, n] = alpha * dot(a[m, :], w[n, :]) + beta * c[m, n] -------------- */
 
+/* The weights' element type: float32, or bfloat16 (how a model's weights
+ * are stored), widened to float32 as it is loaded. Widening is exact and
+ * the same code multiplies and adds in the same order for both, so a
+ * bfloat16 product gives bit for bit the float32 product of the widened
+ * weights, while reading half the bytes. */
+enum { F32, BF16, Q8 };
+
 typedef struct {
-  const float *a, *w;
+  const float *a;
+  const void *w; /* of `type` */
   float *c;
   int rows, cols, depth; /* m, n, k */
   int lda, ldw, ldc;
   float alpha, beta;
+  int type;
+  /* Q8 only: each group's scale and bias, by weight row; each group's sum of
+   * a, by input row */
+  const float *scales, *biases, *group_sums;
 } Product;
 
 typedef float v8 __attribute__((vector_size(32)));
+typedef unsigned short u16x8 __attribute__((vector_size(16)));
+typedef unsigned short u16x16 __attribute__((vector_size(32)));
 
 /* Weight rows and input rows per micro-kernel step (12 accumulators, 7
  * loads per 12 multiply-adds), and the depth of a chunk: the block's
@@ -100,6 +117,40 @@ typedef float v8 __attribute__((vector_size(32)));
   })
 #define load8(p) load_as(v8, p)
 
+/* A bfloat16 is the upper half of the float32 of the same value: each goes
+ * after a zero half. (Interleaving takes GCC fewer instructions than
+ * converting to 32-bit integers and shifting.) */
+#define widen8(p)                                                                            \
+  ((v8)__builtin_shufflevector((u16x8){0}, load_as(u16x8, p), 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, \
+                               5, 13, 6, 14, 7, 15))
+
+/* Eight weights from element k of the row w, as float32. */
+#define load_weights8(w, k, type) \
+  ((type) == BF16 ? widen8((const uint16_t *)(w) + (k)) : load8((const float *)(w) + (k)))
+
+INLINE size_t element_size(int type) {
+  return type == Q8 ? sizeof(uint8_t) : type == BF16 ? sizeof(uint16_t) : sizeof(float);
+}
+
+/* Elements per cache line of 64 bytes, the unit the kernels prefetch in. */
+INLINE int line_elements(int type) { return 64 / (int)element_size(type); }
+
+INLINE const void *element(const void *row, size_t k, int type) {
+  return (const char *)row + k * element_size(type);
+}
+
+INLINE const void *weight_row(const Product *p, int n, int type) {
+  return element(p->w, (size_t)n * p->ldw, type);
+}
+
+INLINE float weight_at(const void *row, int k, int type) {
+  if (type == F32) return ((const float *)row)[k];
+  uint32_t bits = (uint32_t)((const uint16_t *)row)[k] << 16;
+  float value;
+  memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
 INLINE float sum8(const v8 *v) {
   return (((*v)[0] + (*v)[4]) + ((*v)[1] + (*v)[5])) + (((*v)[2] + (*v)[6]) + ((*v)[3] + (*v)[7]));
 }
@@ -111,9 +162,24 @@ INLINE void store(const Product *p, int m, int n, float dot) {
 
 /* Stores output (m, n) from the sum of its vectorised depths, adding the
  * depths from `vector_depth` on, which no vector covered, one at a time. */
-INLINE void store_with_tail(const Product *p, int m, int n, float total, int vector_depth) {
-  const float *a = p->a + (size_t)m * p->lda, *w = p->w + (size_t)n * p->ldw;
-  for (int k = vector_depth; k < p->depth; ++k) total += a[k] * w[k];
+INLINE float tail_sum(const float *a, const float *w, int count, float total) {
+  for (int k = 0; k < count; ++k) total += a[k] * w[k];
+  return total;
+}
+
+/* total plus the products of depths [from, to), fewer than 16, one at a
+ * time. bfloat16 weights are widened first, so that both types run the very
+ * same loop: the compiler may fuse or vectorise its multiplies and adds, and
+ * must do it alike for both. */
+INLINE float add_tail(const float *a, const void *w, int from, int to, float total, int type) {
+  if (type == F32) return tail_sum(a + from, (const float *)w + from, to - from, total);
+  float widened[16];
+  for (int k = from; k < to; ++k) widened[k - from] = weight_at(w, k, type);
+  return tail_sum(a + from, widened, to - from, total);
+}
+
+INLINE void store_with_tail(const Product *p, int m, int n, float total, int vector_depth, int type) {
+  total = add_tail(p->a + (size_t)m * p->lda, weight_row(p, n, type), vector_depth, p->depth, total, type);
   store(p, m, n, total);
 }
 
@@ -121,17 +187,18 @@ INLINE void store_with_tail(const Product *p, int m, int n, float total, int vec
  * INPUT_BLOCK input rows against WEIGHT_BLOCK weight rows. Unless `ahead` is
  * NULL, it also asks for the same depths of the rows `ahead` points to, one
  * cache line of each row per 16 floats, into L2 (see PREFETCH_BLOCKS). */
-INLINE void chunk_block(const float *const a[INPUT_BLOCK], const float *const w[WEIGHT_BLOCK],
+INLINE void chunk_block(const float *const a[INPUT_BLOCK], const void *const w[WEIGHT_BLOCK],
                         int from, int to, v8 sums[INPUT_BLOCK][WEIGHT_BLOCK],
-                        const float *const ahead[WEIGHT_BLOCK]) {
+                        const void *const ahead[WEIGHT_BLOCK], int type) {
   v8 s00 = sums[0][0], s01 = sums[0][1], s02 = sums[0][2];
   v8 s10 = sums[1][0], s11 = sums[1][1], s12 = sums[1][2];
   v8 s20 = sums[2][0], s21 = sums[2][1], s22 = sums[2][2];
   v8 s30 = sums[3][0], s31 = sums[3][1], s32 = sums[3][2];
   for (int k = from; k < to; k += 8) {
-    if (ahead != NULL && (k - from) % 16 == 0)
-      for (int j = 0; j < WEIGHT_BLOCK; ++j) __builtin_prefetch(ahead[j] + (k - from), 0, 2);
-    v8 w0 = load8(w[0] + k), w1 = load8(w[1] + k), w2 = load8(w[2] + k);
+    if (ahead != NULL && (k - from) % line_elements(type) == 0)
+      for (int j = 0; j < WEIGHT_BLOCK; ++j) __builtin_prefetch(element(ahead[j], k - from, type), 0, 2);
+    v8 w0 = load_weights8(w[0], k, type), w1 = load_weights8(w[1], k, type),
+       w2 = load_weights8(w[2], k, type);
     v8 x = load8(a[0] + k);
     s00 += x * w0, s01 += x * w1, s02 += x * w2;
     x = load8(a[1] + k);
@@ -147,13 +214,11 @@ INLINE void chunk_block(const float *const a[INPUT_BLOCK], const float *const w[
   sums[3][0] = s30, sums[3][1] = s31, sums[3][2] = s32;
 }
 
-INLINE float dot(const float *a, const float *w, int depth) {
+INLINE float dot(const float *a, const void *w, int depth, int type) {
   v8 sum = {0};
   int k = 0;
-  for (; k + 8 <= depth; k += 8) sum += load8(a + k) * load8(w + k);
-  float total = sum8(&sum);
-  for (; k < depth; ++k) total += a[k] * w[k];
-  return total;
+  for (; k + 8 <= depth; k += 8) sum += load8(a + k) * load_weights8(w, k, type);
+  return add_tail(a, w, k, depth, sum8(&sum), type);
 }
 
 /* Weight rows per step of the one-row kernel. */
@@ -163,72 +228,78 @@ INLINE float dot(const float *a, const float *w, int depth) {
  * product per output, the input row in L1, the weight rows PREFETCH_BLOCKS
  * blocks ahead prefetched into L2, as in the multi-row kernel: it streams
  * the weights faster than OpenBLAS's sgemv. */
-INLINE void one_row_body(const Product *p, int first, int last) {
+INLINE void one_row_body(const Product *p, int first, int last, int type) {
   const float *x = p->a;
   int vector_depth = p->depth / 8 * 8;
   int n = first;
   for (; n + ROW_BLOCK <= last; n += ROW_BLOCK) {
-    const float *w0 = p->w + (size_t)n * p->ldw, *w1 = w0 + p->ldw, *w2 = w1 + p->ldw,
-                *w3 = w2 + p->ldw;
+    const void *w0 = weight_row(p, n, type), *w1 = weight_row(p, n + 1, type),
+               *w2 = weight_row(p, n + 2, type), *w3 = weight_row(p, n + 3, type);
     int has_ahead = n + (PREFETCH_BLOCKS + 1) * ROW_BLOCK <= last;
-    const float *ahead = has_ahead ? w0 + (size_t)PREFETCH_BLOCKS * ROW_BLOCK * p->ldw : NULL;
+    int ahead = n + PREFETCH_BLOCKS * ROW_BLOCK;
     v8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     for (int k = 0; k < vector_depth; k += 8) {
-      if (ahead != NULL && k % 16 == 0)
-        for (int j = 0; j < ROW_BLOCK; ++j) __builtin_prefetch(ahead + (size_t)j * p->ldw + k, 0, 2);
+      if (has_ahead && k % line_elements(type) == 0)
+        for (int j = 0; j < ROW_BLOCK; ++j)
+          __builtin_prefetch(element(weight_row(p, ahead + j, type), k, type), 0, 2);
       v8 xv = load8(x + k);
-      s0 += xv * load8(w0 + k), s1 += xv * load8(w1 + k);
-      s2 += xv * load8(w2 + k), s3 += xv * load8(w3 + k);
+      s0 += xv * load_weights8(w0, k, type), s1 += xv * load_weights8(w1, k, type);
+      s2 += xv * load_weights8(w2, k, type), s3 += xv * load_weights8(w3, k, type);
     }
     float totals[ROW_BLOCK] = {sum8(&s0), sum8(&s1), sum8(&s2), sum8(&s3)};
-    for (int j = 0; j < ROW_BLOCK; ++j) store_with_tail(p, 0, n + j, totals[j], vector_depth);
+    for (int j = 0; j < ROW_BLOCK; ++j) store_with_tail(p, 0, n + j, totals[j], vector_depth, type);
   }
-  for (; n < last; ++n) store(p, 0, n, dot(x, p->w + (size_t)n * p->ldw, p->depth));
+  for (; n < last; ++n) store(p, 0, n, dot(x, weight_row(p, n, type), p->depth, type));
 }
 
 /* Output columns [first, last) for every input row. Each block of weight
  * rows is read from memory once, chunk by chunk; the input rows (a few KB
  * each) come from cache. A last group of fewer than INPUT_BLOCK input rows
  * repeats its first row in the empty places and discards those sums. */
-INLINE void columns_body(const Product *p, int first, int last) {
+INLINE void columns_body(const Product *p, int first, int last, int type) {
   if (p->rows == 1) {
-    one_row_body(p, first, last);
+    one_row_body(p, first, last, type);
     return;
   }
   int vector_depth = p->depth / 8 * 8;
   int chunk = p->rows <= CHUNKED_ROWS ? CHUNK : vector_depth;
   int n = first;
   for (; n + WEIGHT_BLOCK <= last; n += WEIGHT_BLOCK) {
-    const float *w[WEIGHT_BLOCK];
-    for (int j = 0; j < WEIGHT_BLOCK; ++j) w[j] = p->w + (size_t)(n + j) * p->ldw;
+    const void *w[WEIGHT_BLOCK];
+    for (int j = 0; j < WEIGHT_BLOCK; ++j) w[j] = weight_row(p, n + j, type);
     v8 sums[MAX_ROWS / INPUT_BLOCK][INPUT_BLOCK][WEIGHT_BLOCK];
     memset(sums, 0, sizeof sums[0] * (size_t)((p->rows + INPUT_BLOCK - 1) / INPUT_BLOCK));
     for (int from = 0; from < vector_depth; from += chunk) {
       int to = from + chunk < vector_depth ? from + chunk : vector_depth;
-      const float *ahead[WEIGHT_BLOCK];
+      const void *ahead[WEIGHT_BLOCK];
       int has_ahead = n + (PREFETCH_BLOCKS + 1) * WEIGHT_BLOCK <= last;
       for (int j = 0; j < WEIGHT_BLOCK; ++j)
-        ahead[j] = w[j] + (size_t)PREFETCH_BLOCKS * WEIGHT_BLOCK * p->ldw + from;
+        ahead[j] = element(weight_row(p, n + PREFETCH_BLOCKS * WEIGHT_BLOCK + j, type), from, type);
       for (int m = 0; m < p->rows; m += INPUT_BLOCK) {
         const float *a[INPUT_BLOCK];
         for (int i = 0; i < INPUT_BLOCK; ++i)
           a[i] = p->a + (size_t)(m + i < p->rows ? m + i : m) * p->lda;
-        chunk_block(a, w, from, to, sums[m / INPUT_BLOCK], m == 0 && has_ahead ? ahead : NULL);
+        chunk_block(a, w, from, to, sums[m / INPUT_BLOCK], m == 0 && has_ahead ? ahead : NULL, type);
       }
     }
     for (int m = 0; m < p->rows; ++m)
       for (int j = 0; j < WEIGHT_BLOCK; ++j)
-        store_with_tail(p, m, n + j, sum8(&sums[m / INPUT_BLOCK][m % INPUT_BLOCK][j]), vector_depth);
+        store_with_tail(p, m, n + j, sum8(&sums[m / INPUT_BLOCK][m % INPUT_BLOCK][j]), vector_depth,
+                        type);
   }
   for (; n < last; ++n)
     for (int m = 0; m < p->rows; ++m)
-      store(p, m, n, dot(p->a + (size_t)m * p->lda, p->w + (size_t)n * p->ldw, p->depth));
+      store(p, m, n, dot(p->a + (size_t)m * p->lda, weight_row(p, n, type), p->depth, type));
 }
+
+/* A kernel for each weight type, from one body: `type` is a constant in each. */
+#define FOR_EACH_TYPE(body, p, first, last) \
+  ((p)->type == BF16 ? body(p, first, last, BF16) : body(p, first, last, F32))
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, int first,
                                                              int last) {
-  columns_body(p, first, last);
+  FOR_EACH_TYPE(columns_body, p, first, last);
 }
 
 /* --- AVX-512: several input rows against six weight rows at a time --------------------- */
@@ -246,7 +317,11 @@ __attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, i
 #define WIDE_CHUNK 512
 
 typedef float v16 __attribute__((vector_size(64)));
+typedef unsigned int u32x16 __attribute__((vector_size(64)));
 #define load16(p) load_as(v16, p)
+#define widen16(p) ((v16)(__builtin_convertvector(load_as(u16x16, p), u32x16) << 16))
+#define load_weights16(w, k, type) \
+  ((type) == BF16 ? widen16((const uint16_t *)(w) + (k)) : load16((const float *)(w) + (k)))
 
 INLINE float sum16(const v16 *v) {
   return ((((*v)[0] + (*v)[8]) + ((*v)[1] + (*v)[9])) + (((*v)[2] + (*v)[10]) + ((*v)[3] + (*v)[11]))) +
@@ -256,11 +331,11 @@ INLINE float sum16(const v16 *v) {
 /* Adds depths [from, to) (a multiple of 16) to the sums of WIDE_INPUTS input
  * rows against WIDE_WEIGHTS weight rows (starting them at 0 when `from` is),
  * and asks for lines [line, end_line)
- * of the rows `ahead` points to (line l: row l % WIDE_WEIGHTS, floats from
- * 16 * (l / WIDE_WEIGHTS) on), evenly over its steps. */
-INLINE void wide_block(const float *const a[WIDE_INPUTS], const float *const w[WIDE_WEIGHTS],
+ * of the rows `ahead` points to (line l: row l % WIDE_WEIGHTS, bytes from
+ * 64 * (l / WIDE_WEIGHTS) on), evenly over its steps. */
+INLINE void wide_block(const float *const a[WIDE_INPUTS], const void *const w[WIDE_WEIGHTS],
                        int from, int to, v16 sums[WIDE_INPUTS][WIDE_WEIGHTS],
-                       const float *const ahead[WIDE_WEIGHTS], int line, int end_line) {
+                       const void *const ahead[WIDE_WEIGHTS], int line, int end_line, int type) {
   v16 s[WIDE_INPUTS][WIDE_WEIGHTS];
   for (int i = 0; i < WIDE_INPUTS; ++i)
     for (int j = 0; j < WIDE_WEIGHTS; ++j) s[i][j] = from == 0 ? (v16){0} : sums[i][j];
@@ -268,9 +343,9 @@ INLINE void wide_block(const float *const a[WIDE_INPUTS], const float *const w[W
   int lines_per_step = steps > 0 ? (end_line - line + steps - 1) / steps : 0;
   for (int k = from; k < to; k += 16) {
     for (int asked = 0; asked < lines_per_step && line < end_line; ++asked, ++line)
-      __builtin_prefetch(ahead[line % WIDE_WEIGHTS] + line / WIDE_WEIGHTS * 16, 0, 2);
+      __builtin_prefetch((const char *)ahead[line % WIDE_WEIGHTS] + line / WIDE_WEIGHTS * 64, 0, 2);
     v16 weights[WIDE_WEIGHTS];
-    for (int j = 0; j < WIDE_WEIGHTS; ++j) weights[j] = load16(w[j] + k);
+    for (int j = 0; j < WIDE_WEIGHTS; ++j) weights[j] = load_weights16(w[j], k, type);
     for (int i = 0; i < WIDE_INPUTS; ++i) {
       v16 x = load16(a[i] + k);
       for (int j = 0; j < WIDE_WEIGHTS; ++j) s[i][j] += x * weights[j];
@@ -283,22 +358,22 @@ INLINE void wide_block(const float *const a[WIDE_INPUTS], const float *const w[W
 /* columns_body for AVX-512, two rows or more. A last block of fewer than
  * WIDE_WEIGHTS weight rows, like a last group of fewer than WIDE_INPUTS input
  * rows, repeats its first row in the empty places and discards those sums. */
-INLINE void wide_body(const Product *p, int first, int last) {
+INLINE void wide_body(const Product *p, int first, int last, int type) {
   int vector_depth = p->depth / 16 * 16;
   int groups = (p->rows + WIDE_INPUTS - 1) / WIDE_INPUTS;
   for (int n = first; n < last; n += WIDE_WEIGHTS) {
     int width = last - n < WIDE_WEIGHTS ? last - n : WIDE_WEIGHTS;
-    const float *w[WIDE_WEIGHTS];
-    for (int j = 0; j < WIDE_WEIGHTS; ++j) w[j] = p->w + (size_t)(n + (j < width ? j : 0)) * p->ldw;
+    const void *w[WIDE_WEIGHTS];
+    for (int j = 0; j < WIDE_WEIGHTS; ++j) w[j] = weight_row(p, n + (j < width ? j : 0), type);
     v16 sums[MAX_ROWS / WIDE_INPUTS][WIDE_INPUTS][WIDE_WEIGHTS];
     int has_ahead = n + (PREFETCH_BLOCKS + 1) * WIDE_WEIGHTS <= last;
     /* At least one pass, which starts the sums, when the depth is below one vector. */
     for (int from = 0; from == 0 || from < vector_depth; from += WIDE_CHUNK) {
       int to = from + WIDE_CHUNK < vector_depth ? from + WIDE_CHUNK : vector_depth;
-      const float *ahead[WIDE_WEIGHTS];
+      const void *ahead[WIDE_WEIGHTS];
       for (int j = 0; j < WIDE_WEIGHTS; ++j)
-        ahead[j] = w[j] + (size_t)PREFETCH_BLOCKS * WIDE_WEIGHTS * p->ldw + from;
-      int lines = has_ahead ? (to - from) / 16 * WIDE_WEIGHTS : 0;
+        ahead[j] = element(w[j], (size_t)PREFETCH_BLOCKS * WIDE_WEIGHTS * p->ldw + from, type);
+      int lines = has_ahead ? (to - from) / line_elements(type) * WIDE_WEIGHTS : 0;
       for (int group = 0; group < groups; ++group) {
         const float *a[WIDE_INPUTS];
         for (int i = 0; i < WIDE_INPUTS; ++i) {
@@ -306,29 +381,113 @@ INLINE void wide_body(const Product *p, int first, int last) {
           a[i] = p->a + (size_t)(m < p->rows ? m : group * WIDE_INPUTS) * p->lda;
         }
         wide_block(a, w, from, to, sums[group], ahead, (int)((long)lines * group / groups),
-                   (int)((long)lines * (group + 1) / groups));
+                   (int)((long)lines * (group + 1) / groups), type);
       }
     }
     for (int m = 0; m < p->rows; ++m)
       for (int j = 0; j < width; ++j)
-        store_with_tail(p, m, n + j, sum16(&sums[m / WIDE_INPUTS][m % WIDE_INPUTS][j]), vector_depth);
+        store_with_tail(p, m, n + j, sum16(&sums[m / WIDE_INPUTS][m % WIDE_INPUTS][j]), vector_depth,
+                        type);
   }
+}
+
+INLINE void avx512_body(const Product *p, int first, int last, int type) {
+  if (p->rows == 1)
+    one_row_body(p, first, last, type);
+  else
+    wide_body(p, first, last, type);
 }
 
 __attribute__((target("avx512f,avx2,fma"))) static void columns_avx512(const Product *p, int first,
                                                                        int last) {
-  if (p->rows == 1)
-    one_row_body(p, first, last);
-  else
-    wide_body(p, first, last);
+  FOR_EACH_TYPE(avx512_body, p, first, last);
 }
 #endif
 
 static void columns_generic(const Product *p, int first, int last) {
-  columns_body(p, first, last);
+  FOR_EACH_TYPE(columns_body, p, first, last);
 }
 
 static void (*columns)(const Product *, int, int) = columns_generic;
+
+/* --- 8-bit affine weights: w = scale * q + bias for each group of GROUP depths ------------ */
+
+/* mlx-lm's 8-bit format: a byte per weight, a scale and a bias per GROUP
+ * consecutive weights of a row. The sum over a group is scale * sum(q * a) +
+ * bias * sum(a), so the inner loop widens the bytes to float32 and
+ * multiplies them with the input, and the bias costs one multiply-add a
+ * group with the group's input sum, computed once per product. The numbers
+ * are those of the dequantized weights up to the order of the sums. */
+#define GROUP 64
+
+INLINE float q8_output(const Product *p, int m, int n) {
+  const float *x = p->a + (size_t)m * p->lda, *sums = p->group_sums + (size_t)m * (p->depth / GROUP);
+  const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
+  const float *scales = p->scales + (size_t)n * (p->depth / GROUP),
+              *biases = p->biases + (size_t)n * (p->depth / GROUP);
+  float total = 0.0f;
+  for (int g = 0; g < p->depth / GROUP; ++g) {
+    float dot = 0.0f;
+    for (int k = g * GROUP; k < (g + 1) * GROUP; ++k) dot += x[k] * (float)q[k];
+    total += scales[g] * dot + biases[g] * sums[g];
+  }
+  return total;
+}
+
+static void q8_columns_generic(const Product *p, int first, int last) {
+  for (int n = first; n < last; ++n)
+    for (int m = 0; m < p->rows; ++m) store(p, m, n, q8_output(p, m, n));
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* q8 columns with eight lanes: each group of a weight row is widened once,
+ * by the instructions made for it (GCC's generic vector conversions of
+ * bytes go one element at a time), and multiplied with every input row. */
+__attribute__((target("avx2,fma"))) static void q8_columns_avx2(const Product *p, int first, int last) {
+  int groups = p->depth / GROUP;
+  for (int n = first; n < last; ++n) {
+    const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
+    const float *scales = p->scales + (size_t)n * groups, *biases = p->biases + (size_t)n * groups;
+    __m256 totals[MAX_ROWS];
+    float offsets[MAX_ROWS];
+    for (int m = 0; m < p->rows; ++m) totals[m] = _mm256_setzero_ps(), offsets[m] = 0.0f;
+    for (int g = 0; g < groups; ++g) {
+      __m256 w[GROUP / 8];
+      for (int i = 0; i < GROUP / 8; ++i)
+        w[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + g * GROUP + 8 * i))));
+      __m256 scale = _mm256_set1_ps(scales[g]);
+      for (int m = 0; m < p->rows; ++m) {
+        const float *x = p->a + (size_t)m * p->lda + g * GROUP;
+        __m256 dot0 = _mm256_mul_ps(_mm256_loadu_ps(x), w[0]), dot1 = _mm256_mul_ps(_mm256_loadu_ps(x + 8), w[1]);
+        for (int i = 2; i < GROUP / 8; i += 2) {
+          dot0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * i), w[i], dot0);
+          dot1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * i + 8), w[i + 1], dot1);
+        }
+        totals[m] = _mm256_fmadd_ps(scale, _mm256_add_ps(dot0, dot1), totals[m]);
+        offsets[m] += biases[g] * p->group_sums[(size_t)m * groups + g];
+      }
+    }
+    for (int m = 0; m < p->rows; ++m) {
+      __m128 half = _mm_add_ps(_mm256_castps256_ps128(totals[m]), _mm256_extractf128_ps(totals[m], 1));
+      half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+      half = _mm_add_ss(half, _mm_movehdup_ps(half));
+      store(p, m, n, _mm_cvtss_f32(half) + offsets[m]);
+    }
+  }
+}
+#endif
+
+static void (*q8_columns)(const Product *, int, int) = q8_columns_generic;
+
+/* Output columns [first, last) of any product the kernel takes. */
+static void compute(const Product *p, int first, int last) {
+  if (p->type == Q8)
+    q8_columns(p, first, last);
+  else
+    columns(p, first, last);
+}
 
 /* --- one vector times a small matrix, on the calling thread ---------------------------- */
 
@@ -355,7 +514,7 @@ INLINE void vector_body(const float *x, int depth, const float *matrix, int ld,
     int width = count - first < COLUMN_BLOCK ? count - first : COLUMN_BLOCK;
     float sums[COLUMN_BLOCK];
     if (rows_are_columns) {
-      for (int j = 0; j < width; ++j) sums[j] = dot(x, matrix + (size_t)(first + j) * ld, depth);
+      for (int j = 0; j < width; ++j) sums[j] = dot(x, matrix + (size_t)(first + j) * ld, depth, F32);
     } else {
       for (int j = 0; j < width; ++j) sums[j] = 0.0f;
       for (int l = 0; l < depth; ++l) {
@@ -461,16 +620,16 @@ static void share(const Product *p, int index, int *first, int *last) {
 #define SUCCESSOR_PROBES 8
 
 typedef struct {
-  const float *after; /* the weights of the product before it */
-  const float *w;
-  int cols, depth, ldw;
+  const void *after; /* the weights of the product before it */
+  const void *w;
+  int cols, depth, ldw, type;
 } Successor;
 
 static Successor successors[SUCCESSOR_SLOTS];
-static const float *previous_weights;
+static const void *previous_weights;
 static long read_ahead_bytes;
 
-static size_t successor_slot(const float *after) {
+static size_t successor_slot(const void *after) {
   return (size_t)(((unsigned long)after >> 6) * 0x9E3779B97F4A7C15UL >> (64 - SUCCESSOR_BITS));
 }
 
@@ -481,7 +640,7 @@ static void remember_order(const Product *p) {
     for (int probe = 0; probe < SUCCESSOR_PROBES; ++probe) {
       Successor *s = &successors[(slot + probe) % SUCCESSOR_SLOTS];
       if (s->after == previous_weights || s->after == NULL || probe == SUCCESSOR_PROBES - 1) {
-        *s = (Successor){previous_weights, p->w, p->cols, p->depth, p->ldw};
+        *s = (Successor){previous_weights, p->w, p->cols, p->depth, p->ldw, p->type};
         break;
       }
     }
@@ -490,7 +649,7 @@ static void remember_order(const Product *p) {
 }
 
 /* By a worker, while the caller still holds pool_lock. */
-static int successor_of(const float *after, Successor *next) {
+static int successor_of(const void *after, Successor *next) {
   size_t slot = successor_slot(after);
   for (int probe = 0; probe < SUCCESSOR_PROBES; ++probe) {
     const Successor *s = &successors[(slot + probe) % SUCCESSOR_SLOTS];
@@ -506,16 +665,17 @@ static int successor_of(const float *after, Successor *next) {
 /* A row of the caller's share and one of worker `index`'s in turn, until
  * read_ahead_bytes are asked for or the caller starts another product. */
 static void read_ahead(const Successor *next, int index, unsigned long seen) {
-  Product p = {.w = next->w, .cols = next->cols, .depth = next->depth, .ldw = next->ldw};
+  Product p = {.w = next->w, .cols = next->cols, .depth = next->depth, .ldw = next->ldw,
+               .type = next->type};
   int firsts[2], lasts[2];
   share(&p, 0, &firsts[0], &lasts[0]);
   share(&p, index, &firsts[1], &lasts[1]);
-  long row_bytes = (long)p.depth * sizeof(float), asked = 0;
+  long row_bytes = (long)p.depth * (long)element_size(p.type), asked = 0;
   for (int row = 0; asked < read_ahead_bytes; ++row) {
     int any = 0;
     for (int t = 0; t < 2 && asked < read_ahead_bytes; ++t) {
       if (firsts[t] + row >= lasts[t]) continue;
-      const char *start = (const char *)(p.w + (size_t)(firsts[t] + row) * p.ldw);
+      const char *start = weight_row(&p, firsts[t] + row, p.type);
       for (long b = 0; b < row_bytes; b += 64) __builtin_prefetch(start + b, 0, 2);
       asked += row_bytes;
       any = 1;
@@ -539,7 +699,7 @@ static void *worker_main(void *arg) {
     seen = now;
     int first, last;
     share(current, index, &first, &last);
-    columns(current, first, last);
+    compute(current, first, last);
     Successor next;
     int reads_ahead = read_ahead_bytes > 0 && successor_of(current->w, &next);
     if (reads_ahead) atomic_fetch_add(&read_aheads, 1);
@@ -573,7 +733,7 @@ static void run_product(const Product *p) {
    * computes alone. */
   if (thread_count == 1 || (long)p->cols * p->depth < MIN_SHARED_WEIGHTS ||
       pthread_mutex_trylock(&pool_lock) != 0) {
-    columns(p, 0, p->cols);
+    compute(p, 0, p->cols);
     return;
   }
   pthread_once(&workers_started, start_workers);
@@ -588,7 +748,7 @@ static void run_product(const Product *p) {
   }
   int first, last;
   share(p, 0, &first, &last);
-  columns(p, first, last);
+  compute(p, first, last);
   while (atomic_load(&pending) > 0) cpu_relax();
   pthread_mutex_unlock(&pool_lock);
 }
@@ -606,6 +766,7 @@ void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads, int read_
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     columns = columns_avx2;
     vector_times_matrix = vector_avx2;
+    q8_columns = q8_columns_avx2;
   }
   if (avx512 && __builtin_cpu_supports("avx512f") && columns == columns_avx2)
     columns = columns_avx512;
@@ -656,7 +817,7 @@ static void vector_product(const float *x, int incx, int depth, const float *mat
 /* A Linear layer on a few rows: a[m, k] times the transpose of the weight b[n, k]. */
 static void linear_product(int m, int n, int k, float alpha, const float *a, int lda,
                            const float *b, int ldb, float beta, float *c, int ldc) {
-  Product p = {a, b, c, m, n, k, lda, ldb, ldc, alpha, beta};
+  Product p = {a, b, c, m, n, k, lda, ldb, ldc, alpha, beta, F32};
   run_product(&p);
 }
 
@@ -697,4 +858,100 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     }
   }
   blas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* --- bfloat16 weights, computed in float32 ----------------------------------------------- */
+
+static atomic_ulong bf16_calls;
+
+/* How many products of bfloat16 weights this library took. */
+unsigned long nextterm_skinny_bf16_calls(void) { return atomic_load(&bf16_calls); }
+
+/* Each calling thread's float32 buffer for a whole weight, kept for the
+ * next: a fresh allocation of a weight's size at every product would fault
+ * in fresh pages each time. */
+static __thread float *buffer;
+static __thread size_t buffer_capacity;
+
+static float *float_buffer(size_t count) {
+  if (count > buffer_capacity) {
+    free(buffer);
+    buffer = malloc(count * sizeof(float));
+    if (buffer == NULL) {
+      fprintf(stderr, "nextterm-mlx: no memory left for a float32 copy of a weight\n");
+      abort();
+    }
+    buffer_capacity = count;
+  }
+  return buffer;
+}
+
+static const float *widen(const uint16_t *from, size_t count) {
+  float *widened = float_buffer(count);
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t bits = (uint32_t)from[i] << 16;
+    memcpy(widened + i, &bits, sizeof bits);
+  }
+  return widened;
+}
+
+/* A Linear layer's product c[m, n] = a[m, k] . w[n, k]^T for a bfloat16
+ * weight w, with the numbers cblas_sgemm above gives for w widened to
+ * float32: the kernel reads the bfloat16 weights where cblas_sgemm would
+ * have it read float32 ones; any other product is cblas_sgemm's own on the
+ * whole weight widened. Not in blocks of weight rows: OpenBLAS's sgemm gives
+ * an output different numbers in a product of fewer columns, for some
+ * column counts. */
+void nextterm_linear_bf16(int m, int n, int k, const float *a, const uint16_t *w, float *c) {
+  atomic_fetch_add(&bf16_calls, 1);
+  if ((m == 1 && (long)n * k > SMALL_PRODUCT) || (m > 1 && n > 1 && m <= MAX_ROWS)) {
+    Product p = {a, w, c, m, n, k, k, k, n, 1.0f, 0.0f, BF16};
+    run_product(&p);
+    atomic_fetch_add(&skinny_calls, 1);
+    return;
+  }
+  cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, widen(w, (size_t)n * k), k, 0.0f, c, n);
+}
+
+/* --- 8-bit weights, computed in float32 ---------------------------------------------------- */
+
+static atomic_ulong q8_calls;
+
+/* How many products of 8-bit weights this library took. */
+unsigned long nextterm_skinny_q8_calls(void) { return atomic_load(&q8_calls); }
+
+/* A Linear layer's product c[m, n] = a[m, k] . w[n, k]^T for 8-bit weights
+ * q[n, k] in mlx-lm's affine format (w = scale * q + bias for each group of
+ * GROUP depths; k a multiple of GROUP), scales and biases[n, k / GROUP] in
+ * float32. Up to MAX_ROWS rows the kernel reads the bytes as they are;
+ * beyond, the weight is dequantized whole into the thread's float32 buffer
+ * for OpenBLAS's sgemm. */
+void nextterm_linear_q8(int m, int n, int k, const float *a, const uint8_t *q, const float *scales,
+                        const float *biases, float *c) {
+  atomic_fetch_add(&q8_calls, 1);
+  int groups = k / GROUP;
+  if (m <= MAX_ROWS) {
+    float *group_sums = malloc((size_t)m * groups * sizeof(float));
+    if (group_sums == NULL) {
+      fprintf(stderr, "nextterm-mlx: no memory left for an 8-bit product\n");
+      abort();
+    }
+    for (int i = 0; i < m; ++i)
+      for (int g = 0; g < groups; ++g) {
+        float sum = 0.0f;
+        for (int j = g * GROUP; j < (g + 1) * GROUP; ++j) sum += a[(size_t)i * k + j];
+        group_sums[(size_t)i * groups + g] = sum;
+      }
+    Product p = {a, q, c, m, n, k, k, k, n, 1.0f, 0.0f, Q8, scales, biases, group_sums};
+    run_product(&p);
+    free(group_sums);
+    return;
+  }
+  float *weight = float_buffer((size_t)n * k);
+  for (size_t row = 0; row < (size_t)n; ++row)
+    for (int j = 0; j < k; ++j) {
+      size_t group = row * groups + j / GROUP;
+      weight[row * k + j] = scales[group] * (float)q[row * k + j] + biases[group];
+    }
+  blas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, weight, k, 0.0f, c, n);
 }

@@ -11,6 +11,10 @@ In front of OpenBLAS sits the skinny-product kernel (_skinny.c): a product
 of a few rows, as in decoding, only has to stream each weight once, which
 the kernel does with every core, while OpenBLAS's GEMM packs the weights
 into panels first. Larger products go on to OpenBLAS's sgemm.
+
+The kernel also multiplies bfloat16 weights as they are stored, in float32
+(nextterm_linear_bf16), with the numbers of their float32 product, and
+8-bit weights in mlx-lm's affine format (nextterm_linear_q8).
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ class Products:
     address: int
     description: str
     kernel: Optional[ctypes.CDLL]  # the skinny-product kernel, when it is in front
+
+    @property
+    def bf16_address(self) -> Optional[int]:
+        """The kernel's product of float32 rows and a bfloat16 weight, by address."""
+        return address_of(self.kernel.nextterm_linear_bf16) if self.kernel is not None else None
+
+    @property
+    def q8_address(self) -> Optional[int]:
+        """The kernel's product of float32 rows and an 8-bit weight, by address."""
+        return address_of(self.kernel.nextterm_linear_q8) if self.kernel is not None else None
 
 
 def products(settings: Settings) -> tuple[Optional[Products], str]:
@@ -95,7 +109,7 @@ def load_kernel(openblas_path: str, read_ahead: bool, avx512: bool) -> Optional[
         # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
         kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv, openblas.openblas_get_num_threads(),
                                     read_ahead, avx512)
-        for counter in ("calls", "vector_calls", "gemv_calls", "read_aheads"):
+        for counter in ("calls", "vector_calls", "gemv_calls", "read_aheads", "bf16_calls", "q8_calls"):
             getattr(kernel, f"nextterm_skinny_{counter}").restype = ctypes.c_ulong
         kernel.nextterm_skinny_read_ahead_bytes.restype = ctypes.c_long
         kernel.nextterm_skinny_avx512.restype = ctypes.c_int

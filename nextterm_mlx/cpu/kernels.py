@@ -6,7 +6,8 @@ each through the fastest piece that takes it and leaves the rest to MLX:
 
 - products of float32 Linear layers go to the primitive in _linear.cpp,
   which calls the function blas.py chose (the skinny-product kernel in
-  front of OpenBLAS);
+  front of OpenBLAS); so do those of bfloat16 and 8-bit Linear layers kept
+  as stored (reads_stored), which the kernel multiplies in float32;
 - SwiGLU and attention in float32 go to the primitives in _swiglu.cpp and
   _attention.cpp, which take one pass with a vectorised exp where MLX's
   CPU backend runs a dozen small operations on one thread;
@@ -81,11 +82,29 @@ class CPUKernels(Kernels):
             self.primitives_described = "MLX's (nextterm-mlx's are written for x86-64 CPUs with AVX2 and FMA)"
         self.halves = settings.two_streams
 
+    def reads_stored(self, layer: nn.Module) -> bool:
+        """Whether the layer's weight can stay as stored for float32 inputs:
+        bfloat16, which the kernel widens as it reads it (the float32 numbers),
+        or 8 bits in groups of 64 (the dequantized weight's numbers, up to the
+        order of the sums)."""
+        if not (self.settings.stored_weights and self.products is not None and self.products.kernel is not None
+                and "bias" not in layer):
+            return False
+        if type(layer) is nn.QuantizedLinear:
+            return layer.bits == 8 and layer.group_size == 64 and layer.mode == "affine"
+        return type(layer) is nn.Linear and layer.weight.dtype == mx.bfloat16
+
     def linear(self, layer: nn.Module, x: mx.array) -> mx.array:
         weight = layer.get("weight")
         plain = type(layer) in (nn.Linear, nn.Embedding) and "bias" not in layer
-        if self.products is not None and plain and weight.dtype == mx.float32 and on_cpu_in_float32(x):
-            return self.primitives.linear(x, weight, self.products.address)
+        if self.products is not None and plain and on_cpu_in_float32(x):
+            if weight.dtype == mx.float32:
+                return self.primitives.linear(x, weight, self.products.address)
+            if weight.dtype == mx.bfloat16 and self.products.kernel is not None:
+                return self.primitives.linear(x, weight, self.products.bf16_address)
+        if (type(layer) is nn.QuantizedLinear and self.reads_stored(layer) and on_cpu_in_float32(x)
+                and layer.scales.dtype == layer.biases.dtype == mx.float32):
+            return self.primitives.quantized_linear(x, weight, layer.scales, layer.biases, self.products.q8_address)
         return super().linear(layer, x)
 
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
