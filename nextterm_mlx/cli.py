@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -532,7 +533,15 @@ def serve(host, port, **model) -> None:
     check_installed()
     from .serve.server import serve as run_server
 
-    run_server(host, port, model)
+    try:
+        run_server(host, port, model)
+    except KeyboardInterrupt:
+        click.echo("nextterm-mlx: interrupted", err=True)
+        sys.stdout.flush()
+        # The server has stopped and its model thread has ended; ending here
+        # skips the interpreter's teardown, where the threads MLX and the
+        # server started have been seen to abort the process.
+        os._exit(130)
 
 
 def oeis_cache_option(command):

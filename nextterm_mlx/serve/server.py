@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
@@ -19,8 +19,9 @@ log = logging.getLogger("nextterm_mlx")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve(host: str, port: int, model_options: dict[str, Any]) -> None:
-    """Serve the model that load(**model_options) gives on host:port (0: a free port)."""
+def serve(host: str, port: int, model_options: dict[str, Any]) -> NoReturn:
+    """Serve the model that load(**model_options) gives on host:port (0: a
+    free port) until a signal stops it; then raise KeyboardInterrupt."""
     # Bound before the model loads, so that a port in use is said at once.
     listener = bind(host, port)
     worker = ModelWorker(lambda: load(**model_options))
@@ -32,11 +33,15 @@ def serve(host: str, port: int, model_options: dict[str, Any]) -> None:
         else:
             log.warning("serving %s at %s, open to other machines: the API has no authentication "
                         "(--host 127.0.0.1 keeps it on this one)", predictor.name, address)
-        server = uvicorn.Server(uvicorn.Config(create_app(worker, model_options.get("cache_dir")), log_level="warning", access_log=False))
+        app = create_app(worker, model_options.get("cache_dir"))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         server.run(sockets=[listener])
     finally:
         worker.stop()
         listener.close()
+    # uvicorn returns once a signal has stopped it, and may or may not raise
+    # the signal again: either way the command was interrupted.
+    raise KeyboardInterrupt
 
 
 def bind(host: str, port: int) -> socket.socket:
