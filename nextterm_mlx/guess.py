@@ -173,14 +173,14 @@ def fit_polynomial(terms: list[int], residues: list[int], count: int, spare: int
     degree = polynomial_degree(residues, spare)
     if degree is None:
         return None
+    # The residues name the degree; the terms' own differences confirm it.
     differences = [terms]
-    while any(differences[-1]):
-        if len(differences[-1]) <= spare or len(differences) > MAX_POLYNOMIAL_DEGREE + 1:
-            return None
+    for _ in range(degree + 1):
         row = differences[-1]
         differences.append([b - a for a, b in zip(row, row[1:])])
-    degree = len(differences) - 2  # -1 for the zero sequence
-    fitted = degree + 1
+    if any(differences[-1]):
+        return None
+    fitted = degree + 1  # 0 for the zero sequence
     if len(terms) - fitted < spare:
         return None
     # Newton's form: a(n) = sum over k of (k-th difference at 0)·C(n, k).
