@@ -141,14 +141,26 @@ def prefill_unevaluated(model: nn.Module, prompts: list[list[int]]) -> tuple[mx.
         by_length.setdefault(len(prompt), []).append(index)
     logits: list[Any] = [None] * len(prompts)
     rows: list[Any] = [None] * len(prompts)  # each prompt's cache, layer by layer
-    for indices in by_length.values():
-        cache = make_prompt_cache(model)
-        group_logits = prefill(model, mx.array([prompts[i] for i in indices]), cache)
-        for line, index in enumerate(indices):
-            logits[index] = group_logits[line]
-            rows[index] = [cache_row(layer_cache, line) for layer_cache in cache]
+    for length, same_length in by_length.items():
+        for indices in alike_groups(same_length, length, model.kernels.alike_rows()):
+            cache = make_prompt_cache(model)
+            group_logits = prefill(model, mx.array([prompts[i] for i in indices]), cache)
+            for line, index in enumerate(indices):
+                logits[index] = group_logits[line]
+                rows[index] = [cache_row(layer_cache, line) for layer_cache in cache]
     merged = [left_padded([row[layer] for row in rows]) for layer in range(len(model.layers))]
     return mx.stack(logits), merged
+
+
+def alike_groups(indices: list[int], length: int, alike_rows: Optional[int]) -> list[list[int]]:
+    """Prompts of `length` tokens in passes that compute each as it is
+    computed alone: a prompt within `alike_rows` rows only with others that
+    keep the pass within them too. A longer one takes a pass of its own rows
+    anyway, and the GEMM then computes each row alike whatever their number."""
+    if alike_rows is None or length > alike_rows:
+        return [indices]
+    per_pass = alike_rows // length
+    return [indices[start : start + per_pass] for start in range(0, len(indices), per_pass)]
 
 
 # Positions a joined cache has for the steps to come. Most terms take a few

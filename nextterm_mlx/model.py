@@ -37,6 +37,13 @@ class Kernels:
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         return swiglu(gate, x)
 
+    def alike_rows(self) -> Optional[int]:
+        """Up to how many rows a forward pass gives each row the very numbers
+        it gets alone, so that a batch decodes each sequence exactly as it
+        decodes alone; None when no such bound is known (MLX's own
+        operations promise none)."""
+        return None
+
     def attention(self, queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
                   mask: Any) -> mx.array:
         return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)

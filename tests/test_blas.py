@@ -228,6 +228,28 @@ def test_bf16_weights_give_the_float32_products_of_their_widened_values(name):
     check_bf16_product(name)
 
 
+def several_rows(shape: tuple[int, ...]) -> bool:
+    rows = int(np.prod(shape[:-1]))
+    return 1 < rows <= MAX_ROWS
+
+
+@needs_kernel_and_primitives
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", [name for name, (shape, *_) in LINEAR_PRODUCTS.items() if several_rows(shape)])
+def test_every_row_of_a_product_is_the_product_of_that_row_alone(name, dtype):
+    """Bit for bit: a sequence then decodes in a batch exactly as it does
+    alone, whether its one-row products are computed here or by the kernel."""
+    x_shape, outputs, _ = LINEAR_PRODUCTS[name]
+    seed = list(LINEAR_PRODUCTS).index(name) * 2
+    x = mx.array(random_array(x_shape, seed)).reshape(-1, x_shape[-1])
+    weight = mx.array(random_array((outputs, x_shape[-1]), seed + 1)).astype(getattr(mx, dtype))
+    address = PRODUCTS.address if dtype == "float32" else PRODUCTS.bf16_address
+    whole = np.array(PRIMITIVES.linear(x, weight, address))
+    for row in range(x.shape[0]):
+        alone = np.array(PRIMITIVES.linear(x[row : row + 1], weight, address))
+        assert np.array_equal(whole[row : row + 1], alone), row
+
+
 # An 8-bit Linear layer's product: (shape of x, outputs); depths are groups of 64.
 Q8_PRODUCTS = {
     "one row, one group, ragged outputs": ((1, 64), 7),
@@ -251,6 +273,10 @@ def test_8_bit_products_match_numpy_on_the_dequantized_weights(name):
     mx.eval(got)
     assert KERNEL.nextterm_skinny_q8_calls() == q8_calls + 1
     np.testing.assert_allclose(np.array(got), in_float64(x, dequantized.T), rtol=1e-5, atol=1e-3)
+    if x_shape[0] <= MAX_ROWS:  # each row as alone, bit for bit
+        for row in range(x_shape[0]):
+            alone = PRIMITIVES.quantized_linear(mx.array(x[row : row + 1]), weight, scales, biases, PRODUCTS.q8_address)
+            assert np.array_equal(np.array(got)[row : row + 1], np.array(alone)), row
 
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112

@@ -113,3 +113,23 @@ def test_a_batch_of_prompts_of_equal_and_unequal_lengths_equals_transformers(con
     for case, predictions in zip(batch, predictor.continue_batch([c["terms"] for c in batch], 1)):
         assert [p.tokens for p in predictions] == case["generated"], case["terms"]
         np.testing.assert_allclose([p.logprob for p in predictions], case["logprobs"], atol=1e-3)
+
+
+def test_a_batch_decodes_each_sequence_with_the_numbers_it_gets_alone():
+    """On a CPU whose kernels promise it (Kernels.alike_rows), a sequence
+    gets the same log-probabilities, to the last bit, in a batch as alone:
+    here 80 short prompts (groups of one length past the kernel's rows),
+    more sequences than it takes, and beams."""
+    predictor = nextterm_mlx.load("tiny")
+    if predictor.model.kernels.alike_rows() is None:
+        pytest.skip("MLX's own operations promise no such thing")
+    rng = np.random.default_rng(7)
+    sequences = [rng.integers(-20, 20, size=int(rng.integers(2, 6))).tolist() for _ in range(80)]
+    together = predictor.continue_batch(sequences, 2)
+    beams = predictor.candidates_batch(sequences[:24], beams=4)
+    for terms, in_batch in zip(sequences, together):
+        alone = predictor.continue_sequence(terms, 2)
+        assert [(p.tokens, p.logprob) for p in in_batch] == [(p.tokens, p.logprob) for p in alone], terms
+    for terms, in_batch in zip(sequences, beams):
+        alone = predictor.candidates(terms, beams=4)
+        assert in_batch.to_dict() == alone.to_dict(), terms

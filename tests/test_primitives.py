@@ -350,6 +350,28 @@ def test_attention_matches_float64(batch, heads, kv_heads, length, keys, dim, ma
 
 
 @vectorised
+@pytest.mark.parametrize("visible", [1, 5, 8, 13, 40])
+def test_attention_over_the_same_positions_is_the_same_wherever_the_buffer_holds_them(visible):
+    """A query sees `visible` positions: alone in a buffer of their size,
+    after a batch's left padding, or followed by a fixed-size cache's unused
+    room. Bit for bit the same output, so that a sequence decodes in a
+    batch exactly as it does alone."""
+    q, k, v, _ = attention_problem(1, 4, 2, 1, visible, 64, "none", seed=visible)
+
+    def placed(before: int, after: int) -> np.ndarray:
+        junk = np.random.default_rng(before + after).standard_normal((1, 2, before + visible + after, 64))
+        keys, values = junk.astype(np.float32), junk[..., ::-1].astype(np.float32)
+        keys[:, :, before : before + visible], values[:, :, before : before + visible] = k, v
+        mask = np.zeros((1, 1, 1, before + visible + after), dtype=bool)
+        mask[..., before : before + visible] = True
+        return np.array(call_attention(q, keys, values, 0.125, mask))
+
+    alone = placed(0, 0)
+    for before, after in [(3, 0), (11, 0), (0, 19), (0, 32 - visible % 32), (7, 9)]:
+        assert np.array_equal(placed(before, after), alone), (before, after)
+
+
+@vectorised
 def test_attention_reads_slices_and_transposes_where_they_lie():
     rng = np.random.default_rng(1)
     cache = rng.standard_normal((2, 4, 64, 32)).astype(np.float32)  # 40 of 64 positions written

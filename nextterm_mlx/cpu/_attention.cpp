@@ -91,20 +91,29 @@ struct Avx2 {
   }
 
   /* scores - max is at most 0; below -87 its exp is under 2e-38 and counts as
-   * 0. A NaN stays NaN (max_ps returns its second operand when one is NaN). */
+   * 0. A NaN stays NaN (max_ps returns its second operand when one is NaN).
+   * The exps are summed one after another in the order of the positions: a
+   * hidden position adds an exact 0, so the sum is the same whether the
+   * positions a query sees start the buffer or follow a batch's padding,
+   * and whether the buffer ends with them or has room to spare. */
   __attribute__((target("avx2,fma"))) static float exp_and_sum(float *scores, int n, float max) {
-    const __m256 lowest = _mm256_set1_ps(-87.0f), maxes = _mm256_set1_ps(max);
-    __m256 sums = _mm256_setzero_ps();
     int l = 0;
-    for (; l + 8 <= n; l += 8) {
-      __m256 t = _mm256_sub_ps(_mm256_loadu_ps(scores + l), maxes);
-      __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(t, lowest, _CMP_LT_OQ), exp_avx2(_mm256_max_ps(lowest, t)));
-      _mm256_storeu_ps(scores + l, e);
-      sums = _mm256_add_ps(sums, e);
+    for (; l + 8 <= n; l += 8) exp_of_eight(scores + l, scores + l, max);
+    if (l < n) {  // the last few through the same exp, in a vector padded with exp(0)
+      alignas(32) float last[8];
+      for (int i = 0; i < 8; ++i) last[i] = l + i < n ? scores[l + i] : max;
+      exp_of_eight(last, last, max);
+      std::copy(last, last + (n - l), scores + l);
     }
-    float sum = horizontal_sum(sums);
-    for (; l < n; ++l) sum += scores[l] = std::exp(scores[l] - max);
+    float sum = 0.0f;
+    for (l = 0; l < n; ++l) sum += scores[l];
     return sum;
+  }
+
+  __attribute__((target("avx2,fma"))) static void exp_of_eight(const float *scores, float *out, float max) {
+    const __m256 lowest = _mm256_set1_ps(-87.0f);
+    __m256 t = _mm256_sub_ps(_mm256_loadu_ps(scores), _mm256_set1_ps(max));
+    _mm256_storeu_ps(out, _mm256_andnot_ps(_mm256_cmp_ps(t, lowest, _CMP_LT_OQ), exp_avx2(_mm256_max_ps(lowest, t))));
   }
 
   /* 64 dimensions at a time, their sums held in registers over all rows. */

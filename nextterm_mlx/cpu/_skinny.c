@@ -128,6 +128,14 @@ typedef unsigned short u16x16 __attribute__((vector_size(32)));
 #define load_weights8(w, k, type) \
   ((type) == BF16 ? widen8((const uint16_t *)(w) + (k)) : load8((const float *)(w) + (k)))
 
+/* The same for sixteen, the vectors of the AVX-512 kernels. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef unsigned int u32x16 __attribute__((vector_size(64)));
+#define load16(p) load_as(v16, p)
+#define widen16(p) ((v16)(__builtin_convertvector(load_as(u16x16, p), u32x16) << 16))
+#define load_weights16(w, k, type) \
+  ((type) == BF16 ? widen16((const uint16_t *)(w) + (k)) : load16((const float *)(w) + (k)))
+
 INLINE size_t element_size(int type) {
   return type == Q8 ? sizeof(uint8_t) : type == BF16 ? sizeof(uint16_t) : sizeof(float);
 }
@@ -153,6 +161,11 @@ INLINE float weight_at(const void *row, int k, int type) {
 
 INLINE float sum8(const v8 *v) {
   return (((*v)[0] + (*v)[4]) + ((*v)[1] + (*v)[5])) + (((*v)[2] + (*v)[6]) + ((*v)[3] + (*v)[7]));
+}
+
+INLINE float sum16(const v16 *v) {
+  return ((((*v)[0] + (*v)[8]) + ((*v)[1] + (*v)[9])) + (((*v)[2] + (*v)[10]) + ((*v)[3] + (*v)[11]))) +
+         ((((*v)[4] + (*v)[12]) + ((*v)[5] + (*v)[13])) + (((*v)[6] + (*v)[14]) + ((*v)[7] + (*v)[15])));
 }
 
 INLINE void store(const Product *p, int m, int n, float dot) {
@@ -214,11 +227,23 @@ INLINE void chunk_block(const float *const a[INPUT_BLOCK], const void *const w[W
   sums[3][0] = s30, sums[3][1] = s31, sums[3][2] = s32;
 }
 
+/* One output of a product, its depths summed in the order every kernel of
+ * eight-float vectors sums them, so that an output is the same number
+ * whichever kernel computes it: eight running sums over the depth, added up
+ * by sum8, then the depths past the last whole vector one at a time. */
 INLINE float dot(const float *a, const void *w, int depth, int type) {
   v8 sum = {0};
   int k = 0;
   for (; k + 8 <= depth; k += 8) sum += load8(a + k) * load_weights8(w, k, type);
   return add_tail(a, w, k, depth, sum8(&sum), type);
+}
+
+/* The same with sixteen running sums, the order of the AVX-512 kernels. */
+INLINE float dot16(const float *a, const void *w, int depth, int type) {
+  v16 sum = {0};
+  int k = 0;
+  for (; k + 16 <= depth; k += 16) sum += load16(a + k) * load_weights16(w, k, type);
+  return add_tail(a, w, k, depth, sum16(&sum), type);
 }
 
 /* Weight rows per step of the one-row kernel. */
@@ -311,22 +336,10 @@ __attribute__((target("avx2,fma"))) static void columns_avx2(const Product *p, i
  * every group of input rows passes. The rows PREFETCH_BLOCKS blocks ahead are
  * asked into L2 a few lines per step, spread over all the groups, rather
  * than in one burst during the first group. A one-row product is bound by
- * memory and keeps the one-row kernel. */
+ * memory and keeps the one-row kernel's loop, with this kernel's sums. */
 #define WIDE_INPUTS 4
 #define WIDE_WEIGHTS 6
 #define WIDE_CHUNK 512
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef unsigned int u32x16 __attribute__((vector_size(64)));
-#define load16(p) load_as(v16, p)
-#define widen16(p) ((v16)(__builtin_convertvector(load_as(u16x16, p), u32x16) << 16))
-#define load_weights16(w, k, type) \
-  ((type) == BF16 ? widen16((const uint16_t *)(w) + (k)) : load16((const float *)(w) + (k)))
-
-INLINE float sum16(const v16 *v) {
-  return ((((*v)[0] + (*v)[8]) + ((*v)[1] + (*v)[9])) + (((*v)[2] + (*v)[10]) + ((*v)[3] + (*v)[11]))) +
-         ((((*v)[4] + (*v)[12]) + ((*v)[5] + (*v)[13])) + (((*v)[6] + (*v)[14]) + ((*v)[7] + (*v)[15])));
-}
 
 /* Adds depths [from, to) (a multiple of 16) to the sums of WIDE_INPUTS input
  * rows against WIDE_WEIGHTS weight rows (starting them at 0 when `from` is),
@@ -391,9 +404,36 @@ INLINE void wide_body(const Product *p, int first, int last, int type) {
   }
 }
 
+/* one_row_body with sixteen-float sums, added up as wide_body adds up its
+ * own: a row's outputs are then the same numbers alone as in a batch, and a
+ * sequence decodes alike by itself and among others. */
+INLINE void one_row_wide_body(const Product *p, int first, int last, int type) {
+  const float *x = p->a;
+  int vector_depth = p->depth / 16 * 16;
+  int n = first;
+  for (; n + ROW_BLOCK <= last; n += ROW_BLOCK) {
+    const void *w0 = weight_row(p, n, type), *w1 = weight_row(p, n + 1, type),
+               *w2 = weight_row(p, n + 2, type), *w3 = weight_row(p, n + 3, type);
+    int has_ahead = n + (PREFETCH_BLOCKS + 1) * ROW_BLOCK <= last;
+    int ahead = n + PREFETCH_BLOCKS * ROW_BLOCK;
+    v16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    for (int k = 0; k < vector_depth; k += 16) {
+      if (has_ahead && k % line_elements(type) == 0)
+        for (int j = 0; j < ROW_BLOCK; ++j)
+          __builtin_prefetch(element(weight_row(p, ahead + j, type), k, type), 0, 2);
+      v16 xv = load16(x + k);
+      s0 += xv * load_weights16(w0, k, type), s1 += xv * load_weights16(w1, k, type);
+      s2 += xv * load_weights16(w2, k, type), s3 += xv * load_weights16(w3, k, type);
+    }
+    float totals[ROW_BLOCK] = {sum16(&s0), sum16(&s1), sum16(&s2), sum16(&s3)};
+    for (int j = 0; j < ROW_BLOCK; ++j) store_with_tail(p, 0, n + j, totals[j], vector_depth, type);
+  }
+  for (; n < last; ++n) store(p, 0, n, dot16(x, weight_row(p, n, type), p->depth, type));
+}
+
 INLINE void avx512_body(const Product *p, int first, int last, int type) {
   if (p->rows == 1)
-    one_row_body(p, first, last, type);
+    one_row_wide_body(p, first, last, type);
   else
     wide_body(p, first, last, type);
 }
@@ -509,12 +549,15 @@ static void compute(const Product *p, int first, int last) {
  * otherwise (each x[l] scales a contiguous row). x is contiguous. */
 INLINE void vector_body(const float *x, int depth, const float *matrix, int ld,
                         int rows_are_columns, int count, float alpha, float beta, float *out,
-                        int stride) {
+                        int stride, int lanes) {
   for (int first = 0; first < count; first += COLUMN_BLOCK) {
     int width = count - first < COLUMN_BLOCK ? count - first : COLUMN_BLOCK;
     float sums[COLUMN_BLOCK];
     if (rows_are_columns) {
-      for (int j = 0; j < width; ++j) sums[j] = dot(x, matrix + (size_t)(first + j) * ld, depth, F32);
+      for (int j = 0; j < width; ++j) {
+        const float *column = matrix + (size_t)(first + j) * ld;
+        sums[j] = lanes == 16 ? dot16(x, column, depth, F32) : dot(x, column, depth, F32);
+      }
     } else {
       for (int j = 0; j < width; ++j) sums[j] = 0.0f;
       for (int l = 0; l < depth; ++l) {
@@ -538,14 +581,22 @@ __attribute__((target("avx2,fma"))) static void vector_avx2(const float *x, int 
                                                             int rows_are_columns, int count,
                                                             float alpha, float beta,
                                                             float *out, int stride) {
-  vector_body(x, depth, matrix, ld, rows_are_columns, count, alpha, beta, out, stride);
+  vector_body(x, depth, matrix, ld, rows_are_columns, count, alpha, beta, out, stride, 8);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void vector_avx512(const float *x, int depth,
+                                                                      const float *matrix, int ld,
+                                                                      int rows_are_columns, int count,
+                                                                      float alpha, float beta,
+                                                                      float *out, int stride) {
+  vector_body(x, depth, matrix, ld, rows_are_columns, count, alpha, beta, out, stride, 16);
 }
 #endif
 
 static void vector_generic(const float *x, int depth, const float *matrix, int ld,
                            int rows_are_columns, int count, float alpha, float beta,
                            float *out, int stride) {
-  vector_body(x, depth, matrix, ld, rows_are_columns, count, alpha, beta, out, stride);
+  vector_body(x, depth, matrix, ld, rows_are_columns, count, alpha, beta, out, stride, 8);
 }
 
 static vector_fn vector_times_matrix = vector_generic;
@@ -768,8 +819,10 @@ void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads, int read_
     vector_times_matrix = vector_avx2;
     q8_columns = q8_columns_avx2;
   }
-  if (avx512 && __builtin_cpu_supports("avx512f") && columns == columns_avx2)
+  if (avx512 && __builtin_cpu_supports("avx512f") && columns == columns_avx2) {
     columns = columns_avx512;
+    vector_times_matrix = vector_avx512;
+  }
 #endif
   thread_count = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
   long l2 = 0;

@@ -107,6 +107,17 @@ class CPUKernels(Kernels):
             return self.primitives.quantized_linear(x, weight, layer.scales, layer.biases, self.products.q8_address)
         return super().linear(layer, x)
 
+    def alike_rows(self) -> Optional[int]:
+        """The kernel's row limit, when it takes the products and attention is
+        the primitive's: every output of a product up to that many rows is
+        summed in one order, whatever the number of rows; attention sums
+        each query's exps in the order of the positions, padding adding
+        exact zeros. Beyond the limit OpenBLAS's GEMM computes, in an order
+        of its own."""
+        if self.products is None or self.products.kernel is None or not self.vectorised:
+            return None
+        return self.products.kernel.nextterm_skinny_max_rows()
+
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         if self.vectorised and gate.shape == x.shape and on_cpu_in_float32(gate, x):
             return self.primitives.swiglu(gate, x)
