@@ -524,7 +524,9 @@ def info(as_json, **model) -> None:
               help="The address to listen on; any other than this machine's lets other machines in.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8700, show_default=True,
               help="The port to listen on (0: a free one, named when serving starts).")
-def serve(host, port, **model) -> None:
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_NEW_TOKENS,
+              show_default=True, help="Token budget for one term.")
+def serve(host, port, max_new_tokens, **model) -> None:
     """Serve the model over HTTP: a JSON API (its reference at /docs) and, at /,
     a page to explore sequences with. Needs the serve extra:
     pip install 'nextterm-mlx[serve]'."""
@@ -534,7 +536,7 @@ def serve(host, port, **model) -> None:
     from .serve.server import serve as run_server
 
     try:
-        run_server(host, port, model)
+        run_server(host, port, {**model, "max_new_tokens": max_new_tokens})
     except KeyboardInterrupt:
         click.echo("nextterm-mlx: interrupted", err=True)
         sys.stdout.flush()

@@ -455,7 +455,7 @@ def stop(process: subprocess.Popen) -> tuple[int, str]:
 
 
 def test_the_command_serves_on_localhost_and_says_so_elsewhere():
-    local, open_ = serving(), serving("--host", "0.0.0.0")
+    local, open_ = serving("--max-new-tokens", "2"), serving("--host", "0.0.0.0")
     try:
         assert local[1].startswith("nextterm-mlx: serving tiny at http://127.0.0.1:"), local[1]
         assert local[1].endswith("/ (Ctrl-C stops it)")
@@ -465,6 +465,10 @@ def test_the_command_serves_on_localhost_and_says_so_elsewhere():
         for process, line in (local, open_):
             port = line.split("/")[2].rpartition(":")[2]
             assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json() == {"model": "tiny", "ready": True}
+        # 1024 takes five tokens and its separator: two are all the budget allows.
+        port = local[1].split("/")[2].rpartition(":")[2]
+        [cut] = post(f"http://127.0.0.1:{port}", {"terms": [2**k for k in range(10)]}).json()["predictions"]
+        assert (cut["value"], cut["stop"], len(cut["tokens"])) == (None, "max_tokens", 2)
     finally:
         outcomes = [stop(process) for process, _ in (local, open_)]
     assert [(code, err.strip()) for code, err in outcomes] == [(130, "nextterm-mlx: interrupted")] * 2
