@@ -80,6 +80,9 @@ typedef struct {
   /* Q8 only: each group's scale and bias, by weight row; each group's sum of
    * a, by input row */
   const float *scales, *biases, *group_sums;
+  /* When not NULL, the threads do not multiply: they widen their share of
+   * the weight rows to float32 here (ldw floats a row), for OpenBLAS. */
+  float *widened;
 } Product;
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -521,9 +524,31 @@ __attribute__((target("avx2,fma"))) static void q8_columns_avx2(const Product *p
 
 static void (*q8_columns)(const Product *, int, int) = q8_columns_generic;
 
-/* Output columns [first, last) of any product the kernel takes. */
+/* Weight rows [first, last) of a bfloat16 or 8-bit weight as float32, into p->widened. */
+static void widen_rows(const Product *p, int first, int last) {
+  int groups = p->depth / GROUP;
+  for (int n = first; n < last; ++n) {
+    float *out = p->widened + (size_t)n * p->ldw;
+    if (p->type == BF16) {
+      const uint16_t *row = (const uint16_t *)p->w + (size_t)n * p->ldw;
+      for (int k = 0; k < p->depth; ++k) {
+        uint32_t bits = (uint32_t)row[k] << 16;
+        memcpy(out + k, &bits, sizeof bits);
+      }
+    } else {
+      const uint8_t *q = (const uint8_t *)p->w + (size_t)n * p->ldw;
+      const float *scales = p->scales + (size_t)n * groups, *biases = p->biases + (size_t)n * groups;
+      for (int k = 0; k < p->depth; ++k) out[k] = scales[k / GROUP] * (float)q[k] + biases[k / GROUP];
+    }
+  }
+}
+
+/* Output columns [first, last) of any product the kernel takes, or the rows
+ * to widen of a weight bound for OpenBLAS. */
 static void compute(const Product *p, int first, int last) {
-  if (p->type == Q8)
+  if (p->widened != NULL)
+    widen_rows(p, first, last);
+  else if (p->type == Q8)
     q8_columns(p, first, last);
   else
     columns(p, first, last);
@@ -939,13 +964,15 @@ static float *float_buffer(size_t count) {
   return buffer;
 }
 
-static const float *widen(const uint16_t *from, size_t count) {
-  float *widened = float_buffer(count);
-  for (size_t i = 0; i < count; ++i) {
-    uint32_t bits = (uint32_t)from[i] << 16;
-    memcpy(widened + i, &bits, sizeof bits);
-  }
-  return widened;
+/* The weight w[n, k] as float32, in the calling thread's buffer, widened by
+ * every thread: a prefill would otherwise wait on one thread's widening
+ * before OpenBLAS's threads start. */
+static const float *widened(const void *w, int n, int k, int type, const float *scales,
+                            const float *biases) {
+  Product p = {.w = w, .cols = n, .depth = k, .ldw = k, .type = type, .scales = scales,
+               .biases = biases, .widened = float_buffer((size_t)n * k)};
+  run_product(&p);
+  return p.widened;
 }
 
 /* A Linear layer's product c[m, n] = a[m, k] . w[n, k]^T for a bfloat16
@@ -963,7 +990,8 @@ void nextterm_linear_bf16(int m, int n, int k, const float *a, const uint16_t *w
     atomic_fetch_add(&skinny_calls, 1);
     return;
   }
-  cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, widen(w, (size_t)n * k), k, 0.0f, c, n);
+  cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, widened(w, n, k, BF16, NULL, NULL), k, 0.0f,
+              c, n);
 }
 
 /* --- 8-bit weights, computed in float32 ---------------------------------------------------- */
@@ -1000,11 +1028,6 @@ void nextterm_linear_q8(int m, int n, int k, const float *a, const uint8_t *q, c
     free(group_sums);
     return;
   }
-  float *weight = float_buffer((size_t)n * k);
-  for (size_t row = 0; row < (size_t)n; ++row)
-    for (int j = 0; j < k; ++j) {
-      size_t group = row * groups + j / GROUP;
-      weight[row * k + j] = scales[group] * (float)q[row * k + j] + biases[group];
-    }
-  blas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, weight, k, 0.0f, c, n);
+  blas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, widened(q, n, k, Q8, scales, biases), k, 0.0f,
+             c, n);
 }
