@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nextterm_mlx.memory import peak_memory_bytes  # noqa: E402
+from nextterm_mlx.vocab import SEP, STOP_TOKENS, decode_term  # noqa: E402
 from scripts.timing import median_time  # noqa: E402
 
 # New tokens per sequence in the batched-eval figures, on both sides.
@@ -135,6 +136,25 @@ def worker_decode(model_path: str, prompts: dict, repeats: int, new_tokens: int)
             "greedy_tokens": [token for prediction in greedy for token in prediction.tokens]}
 
 
+class RoundStop:
+    """nextterm-mlx's stop rule for a decode round (nextterm_mlx.decode.Terms),
+    restated for llama.cpp's worker: that module imports mlx-lm, which brings
+    torch and its threads into the process. A term ends at a stop token or at
+    the token budget; the round after TERMS_PER_ROUND terms, or at a term
+    that is no integer."""
+
+    def __init__(self, budget: int):
+        self.budget, self.term, self.terms = budget, [], 0
+
+    def add(self, token: int) -> bool:
+        """Record a generated token; True when the round needs no more."""
+        self.term.append(token)
+        if token not in STOP_TOKENS and len(self.term) < self.budget:
+            return False
+        term, self.term, self.terms = self.term, [], self.terms + 1
+        return token != SEP or decode_term(term[:-1]) is None or self.terms == TERMS_PER_ROUND
+
+
 def decode_context(prompt_tokens: int, new_tokens: int) -> int:
     """The most positions a decode round can fill: the prompt and every
     term at its token budget. nextterm-mlx's cache grows to what a round
@@ -156,7 +176,6 @@ def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int
     import numpy as np
     import llama_cpp
 
-    from nextterm_mlx.decode import Terms
     from nextterm_mlx.vocab import encode_prompt
 
     prompt = encode_prompt(prompts["single"])
@@ -185,11 +204,11 @@ def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int
         feeds one past the last; the first comes from the prefill), so its
         tokens/s is one pass's rate, as passes/s is here."""
         llm.n_tokens = len(prompt)  # the next eval drops the cache past the prompt
-        terms, tokens, token = Terms(TERMS_PER_ROUND, new_tokens), [], first
+        stops, tokens, token = RoundStop(new_tokens), [], first
         started = time.perf_counter()
         while True:
             tokens.append(token)
-            if terms.add(token, 0.0):
+            if stops.add(token):
                 break
             llm.eval([token])
             token = greedy()
