@@ -218,6 +218,8 @@ def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int
         passes, seconds = 0, 0.0
         while passes < tokens:
             _, round_passes, round_seconds = decode_round()
+            if round_passes == 0:
+                raise RuntimeError("the first token after the prompt ends every round: no decode step to time")
             passes, seconds = passes + round_passes, seconds + round_seconds
         return passes / seconds
 
