@@ -1,4 +1,4 @@
-"""Speed, side by side in one run: nextterm-mlx, stock MLX, mlx-lm, transformers.
+"""Speed, side by side in one run: nextterm-mlx, stock MLX, mlx-lm, transformers, llama.cpp.
 
     python scripts/bench.py [--quick] [--json PATH] [--work DIR] [--oeis PATH]
 
@@ -10,6 +10,14 @@ Every figure is the median of `repeats` runs. The 440M-shape checkpoint has
 random weights: its answers mean nothing, so decoding figures are tokens/s
 over whatever it generates, and transformers is forced to generate the same
 number of tokens.
+
+llama.cpp runs beside the weights-as-stored figures when llama-cpp-python and
+gguf are installed: the same checkpoint as F32, BF16 and Q8_0 GGUF files
+(scripts/gguf_export.py), set against nextterm-mlx in float32, bfloat16 as
+stored and 8 bits. Neither is a dependency of the project or its tests;
+`pip install llama-cpp-python gguf` builds llama.cpp from source (about 4
+minutes on 2 cores; `CMAKE_ARGS="-DGGML_NATIVE=ON"` builds it for this CPU).
+Without them the bench says so in one line and leaves those figures out.
 """
 
 from __future__ import annotations
@@ -29,10 +37,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nextterm_mlx.memory import peak_memory_bytes  # noqa: E402
+from nextterm_mlx.vocab import SEP, STOP_TOKENS, decode_term  # noqa: E402
 from scripts.timing import median_time  # noqa: E402
 
 # New tokens per sequence in the batched-eval figures, on both sides.
 EVAL_NEW_TOKENS = 8
+# Terms each batch-1 decode round asks for, from the prompt, on both sides.
+TERMS_PER_ROUND = 10
 # Drafted tokens per verifying forward pass whose cost is set against one decode step.
 VERIFY_SIZES = (2, 4, 8)
 
@@ -90,14 +101,16 @@ def batch1_decode_rate(predictor, terms: list[int], tokens: int) -> float:
 
     stats = DecodeStats()
     while stats.generated_tokens < tokens:
-        predictor.continue_batch([terms], 10, stats)
+        predictor.continue_batch([terms], TERMS_PER_ROUND, stats)
     return stats.generated_tokens / stats.decode_seconds
 
 
 def worker_decode(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
     """Prefill and batch-1 decode alone, and the peak RSS they take: run with
     NEXTTERM_MLX_SKINNY=0 to show what the skinny-product kernel is worth, with
-    NEXTTERM_MLX_STORED_WEIGHTS=0 for the weights widened to float32."""
+    NEXTTERM_MLX_STORED_WEIGHTS=0 for the weights widened to float32. The
+    logits after the prompt and the tokens of one decode round are kept for
+    llama.cpp's to be set against."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -111,14 +124,119 @@ def worker_decode(model_path: str, prompts: dict, repeats: int, new_tokens: int)
     def prefill_once():
         mx.eval(prefill(predictor.model, prompt, make_prompt_cache(predictor.model)))
 
-    prefill_once()
+    prompt_logits = prefill(predictor.model, prompt, make_prompt_cache(predictor.model))[0].tolist()
     batch1_decode_rate(predictor, prompts["single"], new_tokens)
+    greedy = predictor.continue_sequence(prompts["single"], TERMS_PER_ROUND)
     info = predictor.info()
-    return {"blas": info["blas"], "weights": info["weights"],
+    return {"blas": info["blas"], "weights": info["weights"], "prompt_tokens": int(prompt.size),
             "prefill_seconds": median_time(prefill_once, repeats),
             "decode_tok_s": statistics.median(
                 batch1_decode_rate(predictor, prompts["single"], 4 * new_tokens) for _ in range(repeats)),
-            "peak_rss_gb": peak_memory_bytes() / 2**30}
+            "peak_rss_gb": peak_memory_bytes() / 2**30, "prompt_logits": prompt_logits,
+            "greedy_tokens": [token for prediction in greedy for token in prediction.tokens]}
+
+
+class RoundStop:
+    """nextterm-mlx's stop rule for a decode round (nextterm_mlx.decode.Terms),
+    restated for llama.cpp's worker: that module imports mlx-lm, which brings
+    torch and its threads into the process. A term ends at a stop token or at
+    the token budget; the round after TERMS_PER_ROUND terms, or at a term
+    that is no integer."""
+
+    def __init__(self, budget: int):
+        self.budget, self.term, self.terms = budget, [], 0
+
+    def add(self, token: int) -> bool:
+        """Record a generated token; True when the round needs no more."""
+        self.term.append(token)
+        if token not in STOP_TOKENS and len(self.term) < self.budget:
+            return False
+        term, self.term, self.terms = self.term, [], self.terms + 1
+        return token != SEP or decode_term(term[:-1]) is None or self.terms == TERMS_PER_ROUND
+
+
+def decode_context(prompt_tokens: int, new_tokens: int) -> int:
+    """The most positions a decode round can fill: the prompt and every
+    term at its token budget. nextterm-mlx's cache grows to what a round
+    fills; llama.cpp's is made this size, as a larger one costs it time."""
+    return prompt_tokens + TERMS_PER_ROUND * new_tokens
+
+
+def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int,
+                    reference: dict | None = None) -> dict:
+    """llama.cpp (llama-cpp-python) on a GGUF file of the same checkpoint,
+    measured as worker_decode measures nextterm-mlx: the same prompt ids,
+    its prefill alone, then greedy rounds of TERMS_PER_ROUND terms from the
+    prompt's cache that stop where nextterm-mlx's stop, on every core.
+
+    With `reference` (worker_decode's prompt_logits and greedy_tokens), how
+    far the logits after the prompt are from nextterm-mlx's, and how many of
+    the first tokens are the same. Random weights repeat one token for long,
+    so the logits are the sharper check of the file's layout."""
+    import numpy as np
+    import llama_cpp
+
+    from nextterm_mlx.vocab import encode_prompt
+
+    prompt = encode_prompt(prompts["single"])
+    cores = usable_cores()
+    llm = llama_cpp.Llama(gguf_path, n_ctx=decode_context(len(prompt), new_tokens), n_batch=len(prompt),
+                          n_threads=cores, n_threads_batch=cores, verbose=False)
+
+    def last_logits() -> np.ndarray:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+    def greedy() -> int:
+        return int(np.argmax(last_logits()))
+
+    def prefill():
+        llm.reset()
+        llm.eval(prompt)
+
+    prefill()  # warm-up: reads the mapped file in
+    prefill_seconds = median_time(prefill, repeats)
+    prompt_logits = last_logits().copy()
+    first = greedy()
+
+    def decode_round() -> tuple[list[int], int, float]:
+        """The round's tokens, the one-token passes it fed and their seconds.
+        nextterm-mlx feeds as many tokens as it generates (its pipelined loop
+        feeds one past the last; the first comes from the prefill), so its
+        tokens/s is one pass's rate, as passes/s is here."""
+        llm.n_tokens = len(prompt)  # the next eval drops the cache past the prompt
+        stops, tokens, token = RoundStop(new_tokens), [], first
+        started = time.perf_counter()
+        while True:
+            tokens.append(token)
+            if stops.add(token):
+                break
+            llm.eval([token])
+            token = greedy()
+        return tokens, len(tokens) - 1, time.perf_counter() - started
+
+    def decode_rate(tokens: int) -> float:
+        passes, seconds = 0, 0.0
+        while passes < tokens:
+            _, round_passes, round_seconds = decode_round()
+            if round_passes == 0:
+                raise RuntimeError("the first token after the prompt ends every round: no decode step to time")
+            passes, seconds = passes + round_passes, seconds + round_seconds
+        return passes / seconds
+
+    decode_rate(new_tokens)
+    greedy_tokens = decode_round()[0]
+    result = {"llama_cpp_python": llama_cpp.__version__, "n_ctx": llm.n_ctx(), "n_threads": cores,
+              "prompt_tokens": len(prompt), "prefill_seconds": prefill_seconds,
+              "decode_tok_s": statistics.median(decode_rate(4 * new_tokens) for _ in range(repeats)),
+              "peak_rss_gb": peak_memory_bytes() / 2**30, "greedy_tokens": greedy_tokens}
+    if reference is not None:
+        reference_tokens, reference_logits = reference["greedy_tokens"], np.array(reference["prompt_logits"])
+        compared = min(len(greedy_tokens), len(reference_tokens))
+        same = next((i for i in range(compared) if greedy_tokens[i] != reference_tokens[i]), compared)
+        result["agreement"] = {"leading_tokens_equal": same, "compared": compared,
+                               "prompt_logits_max_abs_diff": float(np.abs(prompt_logits - reference_logits).max()),
+                               "prompt_logits_max_abs": float(np.abs(reference_logits).max())}
+    return result
 
 
 def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
@@ -276,13 +394,25 @@ def worker_speculation(model_path: str, prompts: dict, repeats: int, new_tokens:
     }
 
 
-def worker_convert(hf_path: str, out: str) -> dict:
+def worker_convert(hf_path: str, out: str, bits: str | None = None) -> dict:
+    """`nextterm-mlx convert`, with `--q-bits` when `bits` is given (its
+    default group and mode, 64 and affine)."""
     from nextterm_mlx.convert.converter import convert_checkpoint
+    from nextterm_mlx.convert.quantize import quantization_from_options
 
+    quantization = quantization_from_options(int(bits) if bits else None, None, None, None)
     started = time.perf_counter()
-    convert_checkpoint(Path(hf_path), Path(out), force=True)
+    convert_checkpoint(Path(hf_path), Path(out), force=True, quantization=quantization)
     return {"seconds": time.perf_counter() - started,
             "peak_rss_gb": peak_memory_bytes() / 2**30}
+
+
+def worker_gguf(hf_path: str, out: str, kind: str) -> dict:
+    from scripts.gguf_export import write_gguf
+
+    started = time.perf_counter()
+    write_gguf(Path(hf_path), Path(out), kind)
+    return {"seconds": time.perf_counter() - started, "bytes": Path(out).stat().st_size}
 
 
 def worker_bandwidth(repeats: int) -> dict:
@@ -295,7 +425,7 @@ def worker_bandwidth(repeats: int) -> dict:
     import numpy as np
 
     data = np.ones(2**28, dtype=np.float32)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     chunks = np.array_split(data, cores)
     with ThreadPoolExecutor(cores) as pool:  # numpy's sum releases the GIL
         all_cores = median_time(lambda: list(pool.map(np.sum, chunks)), repeats)
@@ -304,11 +434,15 @@ def worker_bandwidth(repeats: int) -> dict:
             "cores": cores}
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # The workers that run nextterm-mlx, tuned as the command line is; the proxy's
 # mlx-lm baseline shares its process, on arrays too small for the tuning to touch.
 OUR_WORKERS = {"nextterm", "decode", "proxy", "speculation"}
 WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "decode": worker_decode, "proxy": worker_proxy,
-           "speculation": worker_speculation}
+           "speculation": worker_speculation, "llamacpp": worker_llamacpp}
 
 
 # --- orchestrator --------------------------------------------------------------------------
@@ -363,6 +497,33 @@ def ensure_checkpoints(work: Path) -> dict[str, Path]:
     return paths
 
 
+def llama_cpp_missing() -> str | None:
+    """Why llama.cpp can't run side by side here, or None when it can."""
+    from importlib.util import find_spec
+
+    missing = [package for module, package in (("llama_cpp", "llama-cpp-python"), ("gguf", "gguf"))
+               if find_spec(module) is None]
+    if not missing:
+        return None
+    return (f"llama.cpp comparison skipped: {' and '.join(missing)} not installed "
+            "(`pip install llama-cpp-python gguf`; the first builds llama.cpp from source, about 4 minutes)")
+
+
+def bench_llama_cpp(checkpoint: Path, work: Path, common: list[str], ours: dict[str, dict]) -> dict:
+    """llama.cpp on a GGUF file of `checkpoint` of each type in `ours`, set
+    against nextterm-mlx's decode worker on the same weights (its greedy
+    tokens too)."""
+    results = {}
+    for kind, mine in ours.items():
+        gguf_file = work / f"440m-{kind}.gguf"
+        print(f"writing the 440M-shape checkpoint as {kind.upper()} GGUF and measuring llama.cpp", file=sys.stderr)
+        export = run_worker(["gguf", str(checkpoint), str(gguf_file), kind])
+        reference = {key: mine[key] for key in ("prompt_logits", "greedy_tokens")}
+        results[kind] = {**run_worker(["llamacpp", str(gguf_file), *common, json.dumps(reference)]),
+                         "gguf_bytes": export["bytes"]}
+    return results
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -377,10 +538,14 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     prompts_file = work / "prompts.json"
     prompts_file.write_text(json.dumps(prompts))
     checkpoints = ensure_checkpoints(work)
-    mlx_440m, mlx_proxy = work / "mlx-440m", work / "mlx-proxy"
+    mlx_440m, mlx_440m_q8, mlx_proxy = work / "mlx-440m", work / "mlx-440m-q8", work / "mlx-proxy"
+    without_llama_cpp = llama_cpp_missing()
+    if without_llama_cpp:
+        print(without_llama_cpp, file=sys.stderr)
 
     print("converting the 440M-shape checkpoint", file=sys.stderr)
     conversion = run_worker(["convert", str(checkpoints["440m"]), str(mlx_440m)])
+    run_worker(["convert", str(checkpoints["440m"]), str(mlx_440m_q8), "8"])
     run_worker(["convert", str(checkpoints["proxy"]), str(mlx_proxy)])
     common = [json.dumps(prompts), str(repeats), str(new_tokens)]
     print("measuring transformers bf16 and fp32", file=sys.stderr)
@@ -396,6 +561,10 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     print("measuring nextterm-mlx with the bfloat16 weights as stored and widened to float32", file=sys.stderr)
     as_stored = run_worker(["decode", str(mlx_440m), *common])
     widened = run_worker(["decode", str(mlx_440m), *common], {"NEXTTERM_MLX_STORED_WEIGHTS": "0"})
+    print("measuring nextterm-mlx with 8-bit weights", file=sys.stderr)
+    eight_bit = run_worker(["decode", str(mlx_440m_q8), *common])
+    llama_cpp = None if without_llama_cpp else bench_llama_cpp(
+        checkpoints["440m"], work, common, {"f32": widened, "bf16": as_stored, "q8_0": eight_bit})
     print("measuring the overhead-bound proxy", file=sys.stderr)
     proxy = run_worker(["proxy", str(mlx_proxy), json.dumps(prompts), str(repeats), "200"])
     print("measuring speculative decoding on the tiny model", file=sys.stderr)
@@ -420,6 +589,8 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
         "nextterm_without_skinny_kernel": through_sgemm,
         "nextterm_weights_as_stored": as_stored,
         "nextterm_weights_widened": widened,
+        "nextterm_weights_8bit": eight_bit,
+        "llama_cpp": llama_cpp,
         "proxy": proxy,
         "speculation_tiny": speculation,
     }
@@ -444,6 +615,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
                                           ours["eval_b8"]["sequences_per_second"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
                                            torch_bf16["eval_sequences_per_second"]),
+        **llama_cpp_ratios(llama_cpp, as_stored, eight_bit, widened),
         "speculative_speedup_tiny": ratio(speculation["plain_decode_seconds"],
                                           speculation["speculative_decode_seconds"]),
         # A projection, not a measurement: tokens per verifying pass, each
@@ -456,11 +628,23 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     return report
 
 
+def llama_cpp_ratios(llama_cpp: dict | None, bf16: dict, q8: dict, f32: dict) -> dict:
+    """nextterm-mlx over llama.cpp as speed, on the same weights; none without llama.cpp."""
+    if not llama_cpp:
+        return {}
+    return {
+        "decode_bf16_vs_llamacpp_bf16": ratio(bf16["decode_tok_s"], llama_cpp["bf16"]["decode_tok_s"]),
+        "decode_q8_vs_llamacpp_q8": ratio(q8["decode_tok_s"], llama_cpp["q8_0"]["decode_tok_s"]),
+        "decode_f32_vs_llamacpp_f32": ratio(f32["decode_tok_s"], llama_cpp["f32"]["decode_tok_s"]),
+        "prefill_vs_llamacpp_bf16": ratio(llama_cpp["bf16"]["prefill_seconds"], bf16["prefill_seconds"]),
+    }
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for package in ("mlx", "mlx-lm", "torch", "transformers", "nextterm-mlx"):
+    for package in ("mlx", "mlx-lm", "torch", "transformers", "nextterm-mlx", "llama-cpp-python", "gguf"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -511,11 +695,34 @@ def markdown(report: dict) -> str:
         f"{report['speculation_tiny']['acceptance']:.0%}, {report['speculation_tiny']['tokens_per_forward_pass']:.2f} "
         f"tokens per forward pass, identical answers: {report['speculation_tiny']['identical']}.",
         "",
-        "| ratio | value |",
-        "|---|---|",
     ]
+    if report["llama_cpp"]:
+        lines += llama_cpp_table(report)
+    lines += ["| ratio | value |", "|---|---|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
     return "\n".join(lines)
+
+
+def llama_cpp_table(report: dict) -> list[str]:
+    ours = {"f32": report["nextterm_weights_widened"], "bf16": report["nextterm_weights_as_stored"],
+            "q8_0": report["nextterm_weights_8bit"]}
+    theirs = report["llama_cpp"]
+    lines = [
+        f"Side by side with llama.cpp (llama-cpp-python {theirs['bf16']['llama_cpp_python']}, "
+        f"{theirs['bf16']['n_threads']} threads, context {theirs['bf16']['n_ctx']}), the same "
+        f"{theirs['bf16']['prompt_tokens']}-token prompt; nextterm-mlx 8-bit is affine, group 64.",
+        "",
+        "| weights | nextterm-mlx prefill (s) | llama.cpp prefill (s) | nextterm-mlx decode tok/s | "
+        "llama.cpp decode tok/s | first greedy tokens equal | logits after the prompt, largest difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, name in (("f32", "float32 / F32"), ("bf16", "bfloat16 / BF16"), ("q8_0", "8-bit / Q8_0")):
+        agreement = theirs[kind]["agreement"]
+        lines.append(f"| {name} | {ours[kind]['prefill_seconds']:.2f} | {theirs[kind]['prefill_seconds']:.2f} | "
+                     f"{ours[kind]['decode_tok_s']:.1f} | {theirs[kind]['decode_tok_s']:.1f} | "
+                     f"{agreement['leading_tokens_equal']} of {agreement['compared']} | "
+                     f"{agreement['prompt_logits_max_abs_diff']:.3f} of {agreement['prompt_logits_max_abs']:.1f} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -535,10 +742,13 @@ def main(argv: list[str] | None = None) -> None:
             keep_freed_memory()  # as the command line does
         if name == "convert":
             result = worker_convert(*rest)
+        elif name == "gguf":
+            result = worker_gguf(*rest)
         elif name == "bandwidth":
             result = worker_bandwidth(int(rest[0]))
         else:
-            result = WORKERS[name](rest[0], json.loads(rest[1]), int(rest[2]), int(rest[3]))
+            result = WORKERS[name](rest[0], json.loads(rest[1]), int(rest[2]), int(rest[3]),
+                                   *(json.loads(extra) for extra in rest[4:]))
         print(json.dumps(result))
         return
     report = run_bench(args.quick, args.json, args.work, args.oeis)
