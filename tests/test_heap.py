@@ -66,3 +66,40 @@ def test_the_command_line_keeps_freed_memory_unless_told_not_to(tmp_path):
     """`info` runs in the process main() tuned as the environment says, and says so."""
     assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="1")["heap_kept"] is True
     assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="0")["heap_kept"] is False
+
+
+# Fills 96 MB with 64 KB blocks (under the mmap threshold, so they come from
+# the heap), keeps one block above them so that the heap cannot shrink from
+# its top, and frees the others: their pages stay resident until released.
+RELEASED = """
+import ctypes, json
+from nextterm_mlx.cpu import heap
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 << 10
+start = rss()
+blocks = [libc.malloc(size) for _ in range(1536)]
+for block in blocks:
+    ctypes.memset(block, 1, size)
+above = libc.malloc(size)
+for block in blocks:
+    libc.free(block)
+freed = rss()
+released = heap.release_freed_memory()
+print(json.dumps({"released": released, "resident_once_freed": freed - start, "given_back": freed - rss()}))
+"""
+
+
+def test_freed_memory_below_a_live_block_is_given_back_when_released():
+    done = subprocess.run([sys.executable, "-c", RELEASED], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    assert found["released"] is True
+    assert found["resident_once_freed"] > 64 << 20  # what free() alone leaves
+    assert found["given_back"] > 64 << 20

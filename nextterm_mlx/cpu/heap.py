@@ -13,6 +13,11 @@ measurements).
 The command line and the benchmark's nextterm-mlx workers call
 keep_freed_memory(); a library user may. NEXTTERM_MLX_KEEP_HEAP=0 leaves
 malloc as it is.
+
+release_freed_memory() hands the free pages back, kept or not: glibc can
+only shrink a heap from its top, so memory freed below a block still in use
+stays resident either way. A long-running process calls it when it has
+nothing to do (the server, once its queue has been empty for a while).
 """
 
 from __future__ import annotations
@@ -47,3 +52,17 @@ def keep_freed_memory(settings: Settings) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     kept = bool(mallopt(M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK)) and bool(mallopt(M_TRIM_THRESHOLD, FREE_HEAP_TOP_KEPT))
     return kept
+
+
+def release_freed_memory() -> bool:
+    """Give the pages of every free block in malloc's heaps back to the
+    system (glibc's malloc_trim); True if any were. What is allocated next
+    takes fresh zeroed pages again."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except AttributeError:  # a C library without malloc_trim
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    return bool(malloc_trim(0))
