@@ -53,6 +53,7 @@ class ModelWorker:
 
     def start(self) -> Predictor:
         """Load the model and start answering; the loader's error, if any, is raised here."""
+        share_one_arena()  # before the model's thread, and MLX's, first allocate
         self.thread.start()
         self.loaded.wait()
         if self.load_error is not None:
@@ -121,6 +122,15 @@ class ModelWorker:
             except queue.Empty:
                 break
         return jobs
+
+
+def share_one_arena() -> None:
+    """Put the blocks of the threads that start from now on in malloc's main
+    arena, where release_freed_memory reaches all of their free memory."""
+    if sys.platform.startswith("linux"):  # macOS never imports cpu/
+        from ..cpu import heap
+
+        heap.share_one_arena()
 
 
 def release_freed_memory() -> None:
