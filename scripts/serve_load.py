@@ -17,7 +17,9 @@ gives it. In order:
 4. more requests from --clients clients until the server has answered
    --total, and its RSS then against its RSS after its first 100.
 The server's RSS is also read every --rss-every requests it answers, through
-all the steps, so that a level high-water mark shows apart from a leak.
+all the steps, so that a level high-water mark shows apart from a leak; and
+after each step, once the server has been idle long enough to give its freed
+memory back: what it then holds is what it uses, and only a leak grows it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nextterm_mlx  # noqa: E402
 from nextterm_mlx.cli import keep_freed_memory  # noqa: E402
 from nextterm_mlx.sequence_files import read_sequence_file  # noqa: E402
+from nextterm_mlx.serve.worker import IDLE_SECONDS  # noqa: E402
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("nextterm-mlx")
 
@@ -69,18 +72,21 @@ def main() -> None:
         # The first 100 are the concurrent clients', as all but the one client's are.
         many = run_clients(port, split(sequences, args.clients), expected, rss)
         print(f"{args.clients} clients: {json.dumps(many)}", file=sys.stderr, flush=True)
+        rss.read_idle()
         one = run_clients(port, [sequences], expected, rss)
         print(f"one client: {json.dumps(one)}", file=sys.stderr, flush=True)
+        rss.read_idle()
         served = 2 * count
         rest = [sequences[i % count] for i in range(served, max(args.total, served))]
         if rest:
             run_clients(port, split(rest, args.clients), None, rss)
         rss.read()
+        rss.read_idle()
     finally:
         server.terminate()
         server.wait(60)
-    print("server RSS (MB) by requests answered: "
-          + ", ".join(f"{n}: {size / 1e6:.0f}" for n, size in rss.readings), file=sys.stderr)
+    print("server RSS (MB) by requests answered: " + in_megabytes(rss.readings), file=sys.stderr)
+    print("server RSS (MB) once idle after each step: " + in_megabytes(rss.idle), file=sys.stderr)
     rss_first, (served, rss_last) = rss.after(FIRST_READING), rss.readings[-1]
 
     report = {
@@ -93,6 +99,7 @@ def main() -> None:
         f"rss_after_{FIRST_READING}_bytes": rss_first, f"rss_after_{served}_bytes": rss_last,
         "rss_growth": rss_last / rss_first - 1 if rss_first else None,
         "rss_series": rss.readings,
+        "rss_idle": rss.idle, "rss_idle_growth": rss.idle[-1][1] / rss.idle[0][1] - 1,
     }
     print(json.dumps(report, indent=1))
     if args.json is not None:
@@ -179,12 +186,14 @@ FIRST_READING = 100
 
 class RssSeries:
     """The server's RSS after its first FIRST_READING answers and after every
-    `every`, counted over all the steps: (answers, bytes) pairs in order."""
+    `every`, counted over all the steps, and once idle after a step:
+    (answers, bytes) pairs in order."""
 
     def __init__(self, pid: int, every: int):
         self.pid, self.every = pid, every
         self.count = 0
         self.readings: list[tuple[int, int]] = []
+        self.idle: list[tuple[int, int]] = []
         self.lock = threading.Lock()
 
     def answered(self) -> None:
@@ -198,8 +207,18 @@ class RssSeries:
         if not self.readings or self.readings[-1][0] != self.count:
             self.readings.append((self.count, rss_bytes(self.pid)))
 
+    def read_idle(self) -> None:
+        """A reading once the server, given no request, has released its
+        freed memory (ModelWorker.next_round)."""
+        time.sleep(IDLE_SECONDS + 1)
+        self.idle.append((self.count, rss_bytes(self.pid)))
+
     def after(self, count: int) -> int | None:
         return next((size for n, size in self.readings if n == count), None)
+
+
+def in_megabytes(readings: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{n}: {size / 1e6:.0f}" for n, size in readings)
 
 
 def rss_bytes(pid: int) -> int:
