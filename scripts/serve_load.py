@@ -2,7 +2,7 @@
 continue_batch in-process; latency; the server's memory over a long run.
 
     python scripts/serve_load.py OEIS_STRIPPED_FILE [--model tiny] [--clients 32] [--requests 50]
-        [--total 10000] [--no-check] [--no-in-process] [--json OUT.json]
+        [--total 10000] [--rss-every 500] [--no-check] [--no-in-process] [--json OUT.json]
 
 Each request is one sequence of the file without its last term, as eval
 gives it. In order:
@@ -16,6 +16,10 @@ gives it. In order:
    logprobs equal);
 4. more requests from --clients clients until the server has answered
    --total, and its RSS then against its RSS after its first 100.
+The server's RSS is also read every --rss-every requests it answers, through
+all the steps, so that a level high-water mark shows apart from a leak; and
+after each step, once the server has been idle long enough to give its freed
+memory back: what it then holds is what it uses, and only a leak grows it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nextterm_mlx  # noqa: E402
 from nextterm_mlx.cli import keep_freed_memory  # noqa: E402
 from nextterm_mlx.sequence_files import read_sequence_file  # noqa: E402
+from nextterm_mlx.serve.worker import IDLE_SECONDS  # noqa: E402
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("nextterm-mlx")
 
@@ -49,6 +54,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=50, help="per client")
     parser.add_argument("--total", type=int, default=10_000, help="requests before the last RSS reading")
+    parser.add_argument("--rss-every", type=int, default=500, help="requests between RSS readings")
     parser.add_argument("--no-check", dest="check", action="store_false")
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",
                         help="skip step 2 (long on the 440M shape, where only the clients' ratio is wanted)")
@@ -61,20 +67,27 @@ def main() -> None:
     in_process = in_process_rate(args.model, sequences, args.clients) if args.in_process else None
 
     server, port = start_server(args.model)
+    rss = RssSeries(server.pid, args.rss_every)
     try:
         # The first 100 are the concurrent clients', as all but the one client's are.
-        many = run_clients(port, split(sequences, args.clients), expected, rss_after=(server.pid, 100))
+        many = run_clients(port, split(sequences, args.clients), expected, rss)
         print(f"{args.clients} clients: {json.dumps(many)}", file=sys.stderr, flush=True)
-        one = run_clients(port, [sequences], expected)
+        rss.read_idle()
+        one = run_clients(port, [sequences], expected, rss)
         print(f"one client: {json.dumps(one)}", file=sys.stderr, flush=True)
+        rss.read_idle()
         served = 2 * count
         rest = [sequences[i % count] for i in range(served, max(args.total, served))]
         if rest:
-            run_clients(port, split(rest, args.clients), None)
-        rss_last = rss_bytes(server.pid)
+            run_clients(port, split(rest, args.clients), None, rss)
+        rss.read()
+        rss.read_idle()
     finally:
         server.terminate()
         server.wait(60)
+    print("server RSS (MB) by requests answered: " + in_megabytes(rss.readings), file=sys.stderr)
+    print("server RSS (MB) once idle after each step: " + in_megabytes(rss.idle), file=sys.stderr)
+    rss_first, (served, rss_last) = rss.after(FIRST_READING), rss.readings[-1]
 
     report = {
         "model": args.model, "clients": args.clients, "requests": count,
@@ -83,8 +96,10 @@ def main() -> None:
         "many_vs_one": many["rate"] / one["rate"],
         "many_vs_in_process": many["rate"] / in_process if in_process else None,
         "latency_p50_s": many["p50"], "latency_p99_s": many["p99"],
-        "rss_after_100_bytes": many["rss"], f"rss_after_{max(args.total, served)}_bytes": rss_last,
-        "rss_growth": rss_last / many["rss"] - 1 if many["rss"] else None,
+        f"rss_after_{FIRST_READING}_bytes": rss_first, f"rss_after_{served}_bytes": rss_last,
+        "rss_growth": rss_last / rss_first - 1 if rss_first else None,
+        "rss_series": rss.readings,
+        "rss_idle": rss.idle, "rss_idle_growth": rss.idle[-1][1] / rss.idle[0][1] - 1,
     }
     print(json.dumps(report, indent=1))
     if args.json is not None:
@@ -124,11 +139,9 @@ def split(items: list, parts: int) -> list[list]:
     return [items[i::parts] for i in range(parts)]
 
 
-def run_clients(port: int, workloads: list[list[list[int]]], expected, rss_after=None) -> dict:
-    """Each workload sent by a client of its own, one request after another.
-    With rss_after (pid, n): the server's RSS once n requests are answered."""
-    answered, rss = [0], [None]
-    lock = threading.Lock()
+def run_clients(port: int, workloads: list[list[list[int]]], expected, rss: RssSeries) -> dict:
+    """Each workload sent by a client of its own, one request after another;
+    `rss` counts the answers."""
 
     def client(workload: list[list[int]]) -> list[tuple[float, bool, bool]]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -147,10 +160,7 @@ def run_clients(port: int, workloads: list[list[list[int]]], expected, rss_after
             latency = time.perf_counter() - start
             wrong = not failed and expected is not None and not same(body["predictions"], expected[tuple(terms)])
             outcomes.append((latency, failed, wrong))
-            with lock:
-                answered[0] += 1
-                if rss_after is not None and answered[0] == rss_after[1]:
-                    rss[0] = rss_bytes(rss_after[0])
+            rss.answered()
         return outcomes
 
     start = time.perf_counter()
@@ -160,7 +170,7 @@ def run_clients(port: int, workloads: list[list[list[int]]], expected, rss_after
     latencies = sorted(latency for latency, _, _ in outcomes)
     return {"rate": len(outcomes) / seconds, "errors": sum(failed for _, failed, _ in outcomes),
             "wrong": sum(wrong for _, _, wrong in outcomes), "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "rss": rss[0]}
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
 
 def same(got: list[dict], expected: list[dict]) -> bool:
@@ -168,6 +178,47 @@ def same(got: list[dict], expected: list[dict]) -> bool:
     computes each sequence's very numbers (Kernels.alike_rows)."""
     fields = ("value", "stop", "tokens", "logprob")
     return len(got) == len(expected) and all(all(g[k] == e[k] for k in fields) for g, e in zip(got, expected))
+
+
+# Issue #31 compares the RSS at the end with the RSS after this many requests.
+FIRST_READING = 100
+
+
+class RssSeries:
+    """The server's RSS after its first FIRST_READING answers and after every
+    `every`, counted over all the steps, and once idle after a step:
+    (answers, bytes) pairs in order."""
+
+    def __init__(self, pid: int, every: int):
+        self.pid, self.every = pid, every
+        self.count = 0
+        self.readings: list[tuple[int, int]] = []
+        self.idle: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def answered(self) -> None:
+        with self.lock:
+            self.count += 1
+            if self.count == FIRST_READING or self.count % self.every == 0:
+                self.read()
+
+    def read(self) -> None:
+        """A reading now, unless there is one at this count already."""
+        if not self.readings or self.readings[-1][0] != self.count:
+            self.readings.append((self.count, rss_bytes(self.pid)))
+
+    def read_idle(self) -> None:
+        """A reading once the server, given no request, has released its
+        freed memory (ModelWorker.next_round)."""
+        time.sleep(IDLE_SECONDS + 1)
+        self.idle.append((self.count, rss_bytes(self.pid)))
+
+    def after(self, count: int) -> int | None:
+        return next((size for n, size in self.readings if n == count), None)
+
+
+def in_megabytes(readings: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{n}: {size / 1e6:.0f}" for n, size in readings)
 
 
 def rss_bytes(pid: int) -> int:

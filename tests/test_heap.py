@@ -66,3 +66,95 @@ def test_the_command_line_keeps_freed_memory_unless_told_not_to(tmp_path):
     """`info` runs in the process main() tuned as the environment says, and says so."""
     assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="1")["heap_kept"] is True
     assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="0")["heap_kept"] is False
+
+
+# Fills 96 MB with 64 KB blocks (under the mmap threshold, so they come from
+# the heap), keeps one block above them so that the heap cannot shrink from
+# its top, and frees the others: their pages stay resident until released.
+RELEASED = """
+import ctypes, json
+from nextterm_mlx.cpu import heap
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 << 10
+start = rss()
+blocks = [libc.malloc(size) for _ in range(1536)]
+for block in blocks:
+    ctypes.memset(block, 1, size)
+above = libc.malloc(size)
+for block in blocks:
+    libc.free(block)
+freed = rss()
+released = heap.release_freed_memory()
+print(json.dumps({"released": released, "resident_once_freed": freed - start, "given_back": freed - rss()}))
+"""
+
+
+def test_freed_memory_below_a_live_block_is_given_back_when_released():
+    done = subprocess.run([sys.executable, "-c", RELEASED], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    assert found["released"] is True
+    assert found["resident_once_freed"] > 64 << 20  # what free() alone leaves
+    assert found["given_back"] > 64 << 20
+
+
+# With freed memory kept, a thread fills 56 MB with 64 KB blocks (within the
+# 64 MB a thread's arena first maps) and frees them: they join the free top
+# of the arena, which only a release can return.
+RELEASED_FROM_A_THREAD = """
+import ctypes, json, sys, threading
+from nextterm_mlx.cpu import heap
+from nextterm_mlx.settings import Settings
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+heap.keep_freed_memory(Settings(keep_heap=True))
+shared = sys.argv[1] == "shared" and heap.share_one_arena()
+
+def fill_and_free():
+    size = 64 << 10
+    blocks = [libc.malloc(size) for _ in range(896)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in reversed(blocks):
+        libc.free(block)
+
+start = rss()
+thread = threading.Thread(target=fill_and_free)
+thread.start()
+thread.join()
+freed = rss()
+heap.release_freed_memory()
+print(json.dumps({"shared": shared, "resident_once_freed": freed - start, "given_back": freed - rss()}))
+"""
+
+
+def released_from_a_thread(arena: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", RELEASED_FROM_A_THREAD, arena], capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout)
+
+
+def test_a_threads_own_arena_keeps_its_free_top_when_released():
+    """The baseline one arena changes: otherwise the next test could not fail."""
+    found = released_from_a_thread("own")
+    assert found["resident_once_freed"] > 48 << 20 and found["given_back"] < found["resident_once_freed"] / 4
+
+
+def test_in_one_arena_a_threads_freed_memory_is_given_back_when_released():
+    found = released_from_a_thread("shared")
+    assert found["shared"] is True
+    assert found["resident_once_freed"] > 48 << 20 and found["given_back"] > found["resident_once_freed"] * 3 / 4

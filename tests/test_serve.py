@@ -427,6 +427,27 @@ def test_a_batch_that_fails_is_answered_one_by_one_so_only_the_bad_one_fails():
         worker.stop()
 
 
+def test_an_idle_worker_releases_freed_memory_once_each_time_it_goes_idle(monkeypatch):
+    releasing = []  # the threads that released: the module's other workers idle too
+    monkeypatch.setattr("nextterm_mlx.serve.worker.IDLE_SECONDS", 0.1)
+    monkeypatch.setattr("nextterm_mlx.serve.worker.release_freed_memory",
+                        lambda: releasing.append(threading.current_thread()))
+    worker = ModelWorker(lambda: None)
+    worker.start()
+
+    def released() -> int:
+        return releasing.count(worker.thread)
+
+    try:
+        wait_for(lambda: released() == 1)  # idle since it loaded
+        time.sleep(1)
+        assert released() == 1  # then it waits for a job, not for the next release
+        worker.call(lambda predictor: None).result(10)
+        wait_for(lambda: released() == 2)
+    finally:
+        worker.stop()
+
+
 def serving(*args) -> tuple[subprocess.Popen, str]:
     """`nextterm-mlx serve` started with `args`, and the line it says once serving."""
     command = [str(Path(sys.executable).with_name("nextterm-mlx")), "serve", "--model", "tiny", "--port", "0", *args]

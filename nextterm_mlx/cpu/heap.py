@@ -13,6 +13,14 @@ measurements).
 The command line and the benchmark's nextterm-mlx workers call
 keep_freed_memory(); a library user may. NEXTTERM_MLX_KEEP_HEAP=0 leaves
 malloc as it is.
+
+release_freed_memory() hands the free pages back, kept or not: glibc can
+only shrink a heap from its top, so memory freed below a block still in use
+stays resident either way. It reaches every free page of the main arena, but
+not the free top of the arena glibc gives another thread; so a long-running
+process that releases when it has nothing to do (the server, once its queue
+has been empty for a while) first has share_one_arena() put every thread's
+blocks in the main arena.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from ..settings import Settings
 # mallopt's parameter numbers, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 LARGEST_HEAP_BLOCK = 32 << 20  # glibc's own ceiling for its moving mmap threshold
 FREE_HEAP_TOP_KEPT = 1 << 30
@@ -47,3 +56,30 @@ def keep_freed_memory(settings: Settings) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     kept = bool(mallopt(M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK)) and bool(mallopt(M_TRIM_THRESHOLD, FREE_HEAP_TOP_KEPT))
     return kept
+
+
+def share_one_arena() -> bool:
+    """Serve the threads that first allocate from now on from the main
+    arena, as the main thread is; True if glibc took the setting."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(M_ARENA_MAX, 1))
+
+
+def release_freed_memory() -> bool:
+    """Give the pages of every free block in malloc's heaps back to the
+    system (glibc's malloc_trim); True if any were. What is allocated next
+    takes fresh zeroed pages again."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except AttributeError:  # a C library without malloc_trim
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    return bool(malloc_trim(0))

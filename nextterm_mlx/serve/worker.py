@@ -5,6 +5,7 @@ decoding gives."""
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from ..predictor import Predictor
 
 # A group's function: the answers for its items, one each, in order.
 RunGroup = Callable[[Predictor, list[Any]], list[Any]]
+
+# A queue empty this long means the server is idle, not between two rounds
+# of a steady load, whose clients send again at once.
+IDLE_SECONDS = 1.0
 
 
 class Busy(Exception):
@@ -48,6 +53,7 @@ class ModelWorker:
 
     def start(self) -> Predictor:
         """Load the model and start answering; the loader's error, if any, is raised here."""
+        share_one_arena()  # before the model's thread, and MLX's, first allocate
         self.thread.start()
         self.loaded.wait()
         if self.load_error is not None:
@@ -103,14 +109,40 @@ class ModelWorker:
                 return
 
     def next_round(self) -> list[Optional[Job]]:
-        """The jobs queued now, waiting for one if there is none."""
-        jobs = [self.jobs.get()]
+        """The jobs queued now, waiting for one if there is none (and
+        releasing freed memory once the wait makes the server idle)."""
+        try:
+            jobs = [self.jobs.get(timeout=IDLE_SECONDS)]
+        except queue.Empty:
+            release_freed_memory()
+            jobs = [self.jobs.get()]
         while jobs[-1] is not None and len(jobs) < self.max_batch:
             try:
                 jobs.append(self.jobs.get_nowait())
             except queue.Empty:
                 break
         return jobs
+
+
+def share_one_arena() -> None:
+    """Put the blocks of the threads that start from now on in malloc's main
+    arena, where release_freed_memory reaches all of their free memory."""
+    if sys.platform.startswith("linux"):  # macOS never imports cpu/
+        from ..cpu import heap
+
+        heap.share_one_arena()
+
+
+def release_freed_memory() -> None:
+    """Hand malloc's free pages back to the system. Not after every round:
+    under load each round reuses the pages the ones before it freed, and
+    faulting in fresh ones costs time. But left alone, a server would hold
+    its largest round's memory, and the gaps malloc cannot return from the
+    middle of its heap, for as long as it runs, idle or not."""
+    if sys.platform.startswith("linux"):  # macOS never imports cpu/
+        from ..cpu import heap
+
+        heap.release_freed_memory()
 
 
 def groups(jobs: list[Job]) -> list[list[Job]]:
