@@ -68,13 +68,8 @@ def test_the_command_line_keeps_freed_memory_unless_told_not_to(tmp_path):
     assert info(tmp_path, NEXTTERM_MLX_KEEP_HEAP="0")["heap_kept"] is False
 
 
-# Fills 96 MB with 64 KB blocks (under the mmap threshold, so they come from
-# the heap), keeps one block above them so that the heap cannot shrink from
-# its top, and frees the others: their pages stay resident until released.
-RELEASED = """
-import ctypes, json
-from nextterm_mlx.cpu import heap
-
+# What the scripts below share: the process's RSS, and glibc's malloc and free.
+RSS_AND_MALLOC = """
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -83,7 +78,15 @@ def rss():
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-size = 64 << 10
+"""
+
+# Fills 96 MB with 64 KB blocks (under the mmap threshold, so they come from
+# the heap), keeps one block above them so that the heap cannot shrink from
+# its top, and frees the others: their pages stay resident until released.
+RELEASED = """
+import ctypes, json
+from nextterm_mlx.cpu import heap
+""" + RSS_AND_MALLOC + """size = 64 << 10
 start = rss()
 blocks = [libc.malloc(size) for _ in range(1536)]
 for block in blocks:
@@ -112,16 +115,7 @@ RELEASED_FROM_A_THREAD = """
 import ctypes, json, sys, threading
 from nextterm_mlx.cpu import heap
 from nextterm_mlx.settings import Settings
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) << 10
-
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-heap.keep_freed_memory(Settings(keep_heap=True))
+""" + RSS_AND_MALLOC + """heap.keep_freed_memory(Settings(keep_heap=True))
 shared = sys.argv[1] == "shared" and heap.share_one_arena()
 
 def fill_and_free():
