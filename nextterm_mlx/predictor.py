@@ -121,7 +121,7 @@ class Predictor:
         # The compiled step chooses its tokens itself: a processor needs the batch path.
         if len(prompts) == 1 and not processors and self.static_decoder is not None:
             return [decode_one(self.static_decoder, prompts[0], n, self.max_new_tokens, stats)]
-        return [predictions for part in self.alike_batches(prompts, 1)
+        return [predictions for part in self._alike_batches(prompts, 1)
                 for predictions in decode_batch(self.model, part, n, self.max_new_tokens, stats, processors)]
 
     def candidates(
@@ -151,7 +151,7 @@ class Predictor:
         prompts = [self.prompt(terms) for terms in sequences]
         if not prompts:
             return []
-        return [found for part in self.alike_batches(prompts, beams)
+        return [found for part in self._alike_batches(prompts, beams)
                 for found in beam_search_batch(self.model, part, beams, top, self.max_new_tokens,
                                                processors_for(strict), stats)]
 
@@ -162,7 +162,7 @@ class Predictor:
         values = check_terms(values)
         return score_values(self.model, self.prompt(terms), values, processors_for(strict))
 
-    def alike_batches(self, prompts: list[list[int]], rows_each: int) -> list[list[list[int]]]:
+    def _alike_batches(self, prompts: list[list[int]], rows_each: int) -> list[list[list[int]]]:
         """The prompts in batches small enough that each is decoded exactly
         as it is alone (see Kernels.alike_rows), each taking up to
         `rows_each` rows of a step."""
