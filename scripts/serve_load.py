@@ -2,7 +2,8 @@
 continue_batch in-process; latency; the server's memory over a long run.
 
     python scripts/serve_load.py OEIS_STRIPPED_FILE [--model tiny] [--clients 32] [--requests 50]
-        [--total 10000] [--rss-every 500] [--no-check] [--no-in-process] [--json OUT.json]
+        [--total 10000] [--rss-every 500] [--no-check] [--no-in-process] [--max-new-tokens 192]
+        [--json OUT.json]
 
 Each request is one sequence of the file without its last term, as eval
 gives it. In order:
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nextterm_mlx  # noqa: E402
 from nextterm_mlx.cli import keep_freed_memory  # noqa: E402
+from nextterm_mlx.decode import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from nextterm_mlx.sequence_files import read_sequence_file  # noqa: E402
 from nextterm_mlx.serve.worker import IDLE_SECONDS  # noqa: E402
 
@@ -58,15 +60,18 @@ def main() -> None:
     parser.add_argument("--no-check", dest="check", action="store_false")
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",
                         help="skip step 2 (long on the 440M shape, where only the clients' ratio is wanted)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help="a term's token budget, on every side (random weights decode to it)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     count = args.clients * args.requests
     sequences = [s.terms[:-1] for s in read_sequence_file(args.sequences, "oeis").sequences[:count]]
-    expected = one_at_a_time(args.model, sequences) if args.check else None
-    in_process = in_process_rate(args.model, sequences, args.clients) if args.in_process else None
+    budget = args.max_new_tokens
+    expected = one_at_a_time(args.model, sequences, budget) if args.check else None
+    in_process = in_process_rate(args.model, sequences, args.clients, budget) if args.in_process else None
 
-    server, port = start_server(args.model)
+    server, port = start_server(args.model, budget)
     rss = RssSeries(server.pid, args.rss_every)
     try:
         # The first 100 are the concurrent clients', as all but the one client's are.
@@ -90,7 +95,7 @@ def main() -> None:
     rss_first, (served, rss_last) = rss.after(FIRST_READING), rss.readings[-1]
 
     report = {
-        "model": args.model, "clients": args.clients, "requests": count,
+        "model": args.model, "clients": args.clients, "requests": count, "max_new_tokens": budget,
         "checked": args.check, "wrong": one["wrong"] + many["wrong"], "errors": one["errors"] + many["errors"],
         "one_client_per_s": one["rate"], "many_clients_per_s": many["rate"], "in_process_batch_per_s": in_process,
         "many_vs_one": many["rate"] / one["rate"],
@@ -106,18 +111,19 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
-def one_at_a_time(model: str, sequences: list[list[int]]) -> dict[tuple[int, ...], list[dict]]:
+def one_at_a_time(model: str, sequences: list[list[int]], budget: int) -> dict[tuple[int, ...], list[dict]]:
     """The command's predictions for each sequence, by its terms."""
     lines = "".join(" ".join(map(str, s)) + "\n" for s in sequences)
-    done = subprocess.run([str(CONSOLE_SCRIPT), "predict", "--model", model, "--json"], input=lines,
+    done = subprocess.run([str(CONSOLE_SCRIPT), "predict", "--model", model, "--json", "--max-new-tokens",
+                           str(budget)], input=lines,
                           capture_output=True, text=True, check=True)
     records = map(json.loads, done.stdout.splitlines())
     return {tuple(record["terms"]): record["predictions"] for record in records}
 
 
-def in_process_rate(model: str, sequences: list[list[int]], batch: int) -> float:
+def in_process_rate(model: str, sequences: list[list[int]], batch: int, budget: int) -> float:
     keep_freed_memory()  # as the command does
-    predictor = nextterm_mlx.load(model)
+    predictor = nextterm_mlx.load(model, max_new_tokens=budget)
     predictor.continue_batch(sequences[:batch], 1)  # warm-up
     start = time.perf_counter()
     for first in range(0, len(sequences), batch):
@@ -125,8 +131,9 @@ def in_process_rate(model: str, sequences: list[list[int]], batch: int) -> float
     return len(sequences) / (time.perf_counter() - start)
 
 
-def start_server(model: str) -> tuple[subprocess.Popen, int]:
-    server = subprocess.Popen([str(CONSOLE_SCRIPT), "serve", "--model", model, "--port", "0"],
+def start_server(model: str, budget: int) -> tuple[subprocess.Popen, int]:
+    server = subprocess.Popen([str(CONSOLE_SCRIPT), "serve", "--model", model, "--port", "0",
+                               "--max-new-tokens", str(budget)],
                               stderr=subprocess.PIPE, text=True)
     while "serving" not in (line := server.stderr.readline()):
         if not line:
