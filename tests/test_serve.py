@@ -430,7 +430,7 @@ def test_a_batch_that_fails_is_answered_one_by_one_so_only_the_bad_one_fails():
 def test_an_idle_worker_releases_freed_memory_once_each_time_it_goes_idle(monkeypatch):
     releasing = []  # the threads that released: the module's other workers idle too
     monkeypatch.setattr("nextterm_mlx.serve.worker.IDLE_SECONDS", 0.1)
-    monkeypatch.setattr("nextterm_mlx.serve.worker.release_freed_memory",
+    monkeypatch.setattr("nextterm_mlx.cpu.heap.release_freed_memory",
                         lambda: releasing.append(threading.current_thread()))
     worker = ModelWorker(lambda: None)
     worker.start()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import Any, Optional
 
 from ..settings import Settings
 
@@ -47,13 +48,9 @@ def keep_freed_memory(settings: Settings) -> bool:
     global kept
     if kept:
         return True
-    if not sys.platform.startswith("linux") or not settings.keep_heap:
+    mallopt = glibc_function("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is None or not settings.keep_heap:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:  # a C library without mallopt
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     kept = bool(mallopt(M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK)) and bool(mallopt(M_TRIM_THRESHOLD, FREE_HEAP_TOP_KEPT))
     return kept
 
@@ -61,25 +58,26 @@ def keep_freed_memory(settings: Settings) -> bool:
 def share_one_arena() -> bool:
     """Serve the threads that first allocate from now on from the main
     arena, as the main thread is; True if glibc took the setting."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_ARENA_MAX, 1))
+    mallopt = glibc_function("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1))
 
 
 def release_freed_memory() -> bool:
     """Give the pages of every free block in malloc's heaps back to the
     system (glibc's malloc_trim); True if any were. What is allocated next
     takes fresh zeroed pages again."""
+    malloc_trim = glibc_function("malloc_trim", ctypes.c_size_t)
+    return malloc_trim is not None and bool(malloc_trim(0))
+
+
+def glibc_function(name: str, *argtypes: Any) -> Optional[Any]:
+    """The C library's function `name` taking `argtypes`, on Linux; None
+    elsewhere, or where the C library has no such function (not glibc)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except AttributeError:  # a C library without malloc_trim
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    return bool(malloc_trim(0))
+        function = getattr(ctypes.CDLL(None), name)
+    except AttributeError:
+        return None
+    function.argtypes = list(argtypes)
+    return function

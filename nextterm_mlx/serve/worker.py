@@ -9,6 +9,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable, Hashable, Optional, Sequence
 
 import mlx.core as mx
@@ -53,7 +54,10 @@ class ModelWorker:
 
     def start(self) -> Predictor:
         """Load the model and start answering; the loader's error, if any, is raised here."""
-        share_one_arena()  # before the model's thread, and MLX's, first allocate
+        # Before the model's thread, and MLX's, first allocate: in malloc's
+        # main arena, an idle release reaches all of their free memory.
+        if (heap := glibc_heap()) is not None:
+            heap.share_one_arena()
         self.thread.start()
         self.loaded.wait()
         if self.load_error is not None:
@@ -114,7 +118,13 @@ class ModelWorker:
         try:
             jobs = [self.jobs.get(timeout=IDLE_SECONDS)]
         except queue.Empty:
-            release_freed_memory()
+            # Not after every round: under load each round reuses the pages
+            # the ones before it freed, and faulting in fresh ones costs time.
+            # But left alone, a server would hold its largest round's memory,
+            # and the gaps malloc cannot return from the middle of its heap,
+            # for as long as it runs, idle or not.
+            if (heap := glibc_heap()) is not None:
+                heap.release_freed_memory()
             jobs = [self.jobs.get()]
         while jobs[-1] is not None and len(jobs) < self.max_batch:
             try:
@@ -124,25 +134,13 @@ class ModelWorker:
         return jobs
 
 
-def share_one_arena() -> None:
-    """Put the blocks of the threads that start from now on in malloc's main
-    arena, where release_freed_memory reaches all of their free memory."""
-    if sys.platform.startswith("linux"):  # macOS never imports cpu/
-        from ..cpu import heap
+def glibc_heap() -> Optional[ModuleType]:
+    """cpu/heap.py on Linux; None elsewhere, where cpu/ is never imported."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from ..cpu import heap
 
-        heap.share_one_arena()
-
-
-def release_freed_memory() -> None:
-    """Hand malloc's free pages back to the system. Not after every round:
-    under load each round reuses the pages the ones before it freed, and
-    faulting in fresh ones costs time. But left alone, a server would hold
-    its largest round's memory, and the gaps malloc cannot return from the
-    middle of its heap, for as long as it runs, idle or not."""
-    if sys.platform.startswith("linux"):  # macOS never imports cpu/
-        from ..cpu import heap
-
-        heap.release_freed_memory()
+    return heap
 
 
 def groups(jobs: list[Job]) -> list[list[Job]]:
