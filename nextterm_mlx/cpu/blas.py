@@ -119,7 +119,7 @@ def load_kernel(openblas_path: str, read_ahead: bool, avx512: bool) -> Optional[
 
 
 def describe_kernel(kernel: ctypes.CDLL) -> str:
-    notes = ["AVX-512 for several rows"] if kernel.nextterm_skinny_avx512() else []
+    notes = ["AVX-512 for several rows and 8-bit weights"] if kernel.nextterm_skinny_avx512() else []
     ahead = kernel.nextterm_skinny_read_ahead_bytes()
     notes += [f"next weights read ahead, {ahead / 2**20:g} MB"] if ahead else []
     how = f" ({'; '.join(notes)})" if notes else ""
