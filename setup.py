@@ -43,7 +43,7 @@ def primitives_extension() -> list[Extension]:
     return [Extension(
         "nextterm_mlx.cpu._primitives",
         sources=[f"nextterm_mlx/cpu/{name}" for name in sources],
-        depends=["nextterm_mlx/cpu/_vector_exp.h"],
+        depends=["nextterm_mlx/cpu/_vector_exp.h", "nextterm_mlx/cpu/_row_major.h"],
         include_dirs=[str(mlx_dir / "include"), nanobind.include_dir(), str(nanobind_dir / "src"),
                       str(nanobind_dir / "ext" / "robin_map" / "include")],
         library_dirs=[str(mlx_dir / "lib")],

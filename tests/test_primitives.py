@@ -144,6 +144,23 @@ def test_linear_reads_strided_and_transposed_inputs_as_their_values():
 
 
 @needs_products
+def test_stored_weights_strided_or_transposed_are_read_as_their_values():
+    x, stored = random((6, 256), 5), random((128, 40), 6)
+    # bfloat16, stored transposed: a strided 2-byte array to copy.
+    weight = mx.array(stored).astype(mx.bfloat16)
+    got = PRIMITIVES.linear(mx.array(x)[:, ::2], weight.T, PRODUCTS.bf16_address)
+    widened = np.array(weight.astype(mx.float32), dtype=np.float64)
+    np.testing.assert_allclose(np.array(got), x[:, ::2].astype(np.float64) @ widened, rtol=1e-5, atol=1e-4)
+    # 8 bits, with every other input column and scales and biases taken from a wider array.
+    quantized, scales, biases = mx.quantize(mx.array(stored.T), 64, 8)
+    wide_scales, wide_biases = (mx.repeat(a, 2, axis=1) for a in (scales, biases))
+    got = PRIMITIVES.quantized_linear(mx.array(x)[:, ::2], quantized, wide_scales[:, ::2], wide_biases[:, ::2],
+                                      PRODUCTS.q8_address)
+    dequantized = np.array(mx.dequantize(quantized, scales, biases, 64, 8), dtype=np.float64)
+    np.testing.assert_allclose(np.array(got), x[:, ::2].astype(np.float64) @ dequantized.T, rtol=1e-5, atol=1e-3)
+
+
+@needs_products
 def test_linear_compiled_and_on_another_stream_gives_the_same_values():
     x, weight = mx.array(random((4, 300), 5)), mx.array(random((70, 300), 6))
     eager = PRIMITIVES.linear(x, weight, PRODUCTS.address)

@@ -23,6 +23,7 @@
 
 #include <nanobind/nanobind.h>
 
+#include "_row_major.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
@@ -46,11 +47,12 @@ class Linear : public mx::Primitive {
  public:
   Linear(mx::Stream stream, uintptr_t product) : mx::Primitive(stream), product_(product) {}
 
-  void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
-    const mx::array &x = inputs[0], &weight = inputs[1];
+  void eval_cpu(const std::vector<mx::array> &given, std::vector<mx::array> &outputs) override {
     mx::array &out = outputs[0];
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto &encoder = mx::cpu::get_command_encoder(stream());
+    std::vector<mx::array> inputs = nextterm::row_major(given, encoder);
+    const mx::array &x = inputs[0], &weight = inputs[1];
     for (const mx::array &input : inputs) encoder.set_input_array(input);
     encoder.set_output_array(out);
     int depth = x.shape(-1), outputs_per_row = weight.shape(0), rows = x.size() / depth;
@@ -130,9 +132,8 @@ mx::array quantized_linear(const mx::array &x, const mx::array &weight, const mx
   mx::Stream stream = mx::default_stream(mx::Device::cpu);
   mx::Shape shape = x.shape();
   shape.back() = outputs;
-  std::vector<mx::array> inputs;
-  for (const mx::array &input : {x, weight, scales, biases}) inputs.push_back(mx::contiguous(input, false, stream));
-  return mx::array(shape, mx::float32, std::make_shared<Linear>(stream, product), std::move(inputs));
+  return mx::array(shape, mx::float32, std::make_shared<Linear>(stream, product),
+                   std::vector<mx::array>{x, weight, scales, biases});
 }
 
 mx::array linear(const mx::array &x, const mx::array &weight, uintptr_t product) {
@@ -145,9 +146,7 @@ mx::array linear(const mx::array &x, const mx::array &weight, uintptr_t product)
   mx::Stream stream = mx::default_stream(mx::Device::cpu);
   mx::Shape shape = x.shape();
   shape.back() = weight.shape(0);
-  std::vector<mx::array> inputs = {mx::contiguous(x, false, stream), mx::contiguous(weight, false, stream)};
-  return mx::array(shape, mx::float32, std::make_shared<Linear>(stream, product),
-                   std::move(inputs));
+  return mx::array(shape, mx::float32, std::make_shared<Linear>(stream, product), std::vector<mx::array>{x, weight});
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <nanobind/nanobind.h>
 
 #include "_vector_exp.h"
+#include "_row_major.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
@@ -57,10 +58,11 @@ class SwiGLU : public mx::Primitive {
   explicit SwiGLU(mx::Stream stream) : mx::Primitive(stream) {}
 
   void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
-    const mx::array &gate = inputs[0], &x = inputs[1];
     mx::array &out = outputs[0];
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto &encoder = mx::cpu::get_command_encoder(stream());
+    std::vector<mx::array> rows = nextterm::row_major(inputs, encoder);
+    const mx::array &gate = rows[0], &x = rows[1];
     encoder.set_input_array(gate);
     encoder.set_input_array(x);
     encoder.set_output_array(out);
@@ -104,8 +106,7 @@ mx::array swiglu(const mx::array &gate, const mx::array &x) {
   if (gate.dtype() != mx::float32 || x.dtype() != mx::float32 || gate.shape() != x.shape())
     throw std::invalid_argument("[swiglu] takes two float32 arrays of the same shape");
   mx::Stream stream = mx::default_stream(mx::Device::cpu);
-  std::vector<mx::array> inputs = {mx::contiguous(gate, false, stream), mx::contiguous(x, false, stream)};
-  return mx::array(gate.shape(), mx::float32, std::make_shared<SwiGLU>(stream), std::move(inputs));
+  return mx::array(gate.shape(), mx::float32, std::make_shared<SwiGLU>(stream), std::vector<mx::array>{gate, x});
 }
 
 }  // namespace
