@@ -1,8 +1,8 @@
 """Build the compiled pieces for MLX's CPU backend on Linux:
 
 - the skinny-product kernel (nextterm_mlx/cpu/_skinny.c), in C;
-- MLX primitives in C++ for a Linear layer's product and, on x86-64, SwiGLU
-  and attention, written for AVX2 and FMA (nextterm_mlx/cpu/_primitives.cpp
+- MLX primitives in C++ for a Linear layer's product and, on x86-64,
+  RMSNorm, SwiGLU and attention, written for AVX2 and FMA (nextterm_mlx/cpu/_primitives.cpp
   and the files it names), built against the MLX headers and nanobind that
   pyproject.toml's build requirements bring.
 
@@ -28,10 +28,10 @@ def skinny_extension() -> Extension:
 
 
 def primitives_extension() -> list[Extension]:
-    # SwiGLU and attention are written for x86-64's AVX2 and FMA; elsewhere
+    # RMSNorm, SwiGLU and attention are built for x86-64 only; elsewhere
     # the module holds the Linear product alone.
     x86_64 = platform.machine() == "x86_64"
-    sources = ["_primitives.cpp", "_linear.cpp", "_nanobind.cpp"] + (["_swiglu.cpp", "_attention.cpp"] if x86_64 else [])
+    sources = ["_primitives.cpp", "_linear.cpp", "_nanobind.cpp"] + (["_rms_norm.cpp", "_swiglu.cpp", "_attention.cpp"] if x86_64 else [])
     try:
         import mlx
         import nanobind

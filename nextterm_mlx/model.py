@@ -1,8 +1,8 @@
 """NextTerm's model: the Qwen3 forward pass, with mlx-lm's parameter names.
 
 It computes what mlx_lm.models.qwen3 computes, from the same ModelArgs, and
-a converted folder loads in either. The difference is that its Linear products, SwiGLU, attention
-and rotary embedding go through a Kernels object: MLX's own operations by
+a converted folder loads in either. The difference is that its Linear products, norms, SwiGLU,
+attention and rotary embedding go through a Kernels object: MLX's own operations by
 default, the Linux-CPU pieces (nextterm_mlx/cpu) where the loader chose
 them. The rotation is made once a forward pass, for the positions the cache
 says, and handed to every layer.
@@ -33,6 +33,9 @@ class Kernels:
         """Whether `linear` multiplies the layer's weight as stored, where the
         loader would otherwise cast it to the compute dtype."""
         return False
+
+    def rms_norm(self, layer: nn.RMSNorm, x: mx.array) -> mx.array:
+        return layer(x)
 
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         return swiglu(gate, x)
@@ -75,8 +78,8 @@ class Attention(nn.Module):
         queries = kernels.linear(self.q_proj, x).reshape(B, L, self.n_heads, -1)
         keys = kernels.linear(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1)
         values = kernels.linear(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        queries = rotate(self.q_norm(queries).transpose(0, 2, 1, 3))
-        keys = rotate(self.k_norm(keys).transpose(0, 2, 1, 3))
+        queries = rotate(kernels.rms_norm(self.q_norm, queries).transpose(0, 2, 1, 3))
+        keys = rotate(kernels.rms_norm(self.k_norm, keys).transpose(0, 2, 1, 3))
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         output = kernels.attention(queries, keys, values, cache, self.scale, mask)
@@ -104,8 +107,8 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, rotate: Rotation, mask: Any, cache: Any, kernels: Kernels) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), rotate, mask, cache, kernels)
-        return h + self.mlp(self.post_attention_layernorm(h), kernels)
+        h = x + self.self_attn(kernels.rms_norm(self.input_layernorm, x), rotate, mask, cache, kernels)
+        return h + self.mlp(kernels.rms_norm(self.post_attention_layernorm, h), kernels)
 
 
 class Qwen3Model(nn.Module):
@@ -120,7 +123,7 @@ class Qwen3Model(nn.Module):
         mask = create_attention_mask(h, cache[0])
         for layer, layer_cache in zip(self.layers, cache):
             h = layer(h, rotate, mask, layer_cache, kernels)
-        return self.norm(h)
+        return kernels.rms_norm(self.norm, h)
 
 
 class Model(nn.Module):

@@ -57,11 +57,11 @@ def test_the_primitives_are_built_on_linux_and_can_be_switched_off():
     assert PRIMITIVES is not None, WHY_NOT
     assert PRIMITIVES.built_against == mx.__version__
     if PRIMITIVES.vectorised:
-        assert CPUKernels(Settings()).describe()["primitives"] == "nextterm-mlx's SwiGLU and attention (float32)"
+        assert CPUKernels(Settings()).describe()["primitives"] == "nextterm-mlx's RMSNorm, SwiGLU and attention (float32)"
 
 
 def counting(primitives, calls: list):
-    """`primitives` with linear, swiglu and attention recording each call's name."""
+    """`primitives` with linear, rms_norm, swiglu and attention recording each call's name."""
 
     def counted(name):
         function = getattr(primitives, name)
@@ -72,7 +72,7 @@ def counting(primitives, calls: list):
 
         return call
 
-    return SimpleNamespace(**{name: counted(name) for name in ("linear", "swiglu", "attention")})
+    return SimpleNamespace(**{name: counted(name) for name in ("linear", "rms_norm", "swiglu", "attention")})
 
 
 @needs_products
@@ -87,9 +87,10 @@ def test_a_loaded_model_goes_through_the_primitives(name):
     mx.eval(model(mx.array([[3, 4, 5, 11, 6]])))
     layers = len(model.layers)
     # Per layer: the query, key, value and output projections, gate, up and
-    # down; SwiGLU; attention. Then the head.
+    # down; four norms (input, queries, keys, before the MLP); SwiGLU;
+    # attention. Then the final norm and the head.
     assert sorted(call for call, _ in calls) == ["attention"] * layers + ["linear"] * (7 * layers + 1) + [
-        "swiglu"] * layers
+        "rms_norm"] * (4 * layers + 1) + ["swiglu"] * layers
     # The fixtures are stored in bfloat16, as their Linear layers' weights stay;
     # a tied head is the embedding, cast to float32.
     products = kernels.products
@@ -219,6 +220,74 @@ def test_layers_the_linear_primitive_does_not_take_go_to_mlx():
     for layer, inputs in [(nn.Linear(64, 24), x), (half, x.astype(mx.bfloat16)), (quantized, x),
                           (nn.Linear(64, 24, bias=False), x.astype(mx.bfloat16))]:
         assert mx.array_equal(kernels.linear(layer, inputs), MLX.linear(layer, inputs)).item(), layer
+
+
+# --- RMSNorm -------------------------------------------------------------------------------
+
+def rms_norm_in_float64(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps) * weight.astype(np.float64)
+
+
+@vectorised
+@pytest.mark.parametrize("shape", [(1, 1, 1024), (3, 5, 128), (2, 37), (4, 7)])
+def test_rms_norm_matches_float64(shape):
+    x, weight = random(shape, 20, scale=3.0), random(shape[-1:], 21)
+    got = np.array(PRIMITIVES.rms_norm(mx.array(x), mx.array(weight), 1e-6))
+    np.testing.assert_allclose(got, rms_norm_in_float64(x, weight, 1e-6), rtol=2e-6, atol=1e-6)
+
+
+@vectorised
+def test_rms_norm_gives_a_row_alone_the_numbers_it_gets_among_others():
+    x, weight = random((40, 1024), 22), random((1024,), 23)
+    together = np.array(PRIMITIVES.rms_norm(mx.array(x), mx.array(weight), 1e-6))
+    for row in (0, 17, 39):
+        alone = np.array(PRIMITIVES.rms_norm(mx.array(x[row : row + 1]), mx.array(weight), 1e-6))
+        assert np.array_equal(together[row : row + 1], alone), row
+
+
+@vectorised
+def test_rms_norm_reads_strided_inputs_as_their_values():
+    x, weight = random((64, 6), 24), random((64,), 25)
+    got = np.array(PRIMITIVES.rms_norm(mx.array(x).T, mx.array(weight), 1e-5))
+    np.testing.assert_allclose(got, rms_norm_in_float64(x.T, weight, 1e-5), rtol=2e-6, atol=1e-6)
+
+
+@vectorised
+def test_rms_norm_gradients_match_mlx_rms_norm():
+    x, weight = mx.array(random((3, 64), 26)), mx.array(random((64,), 27))
+    weights = mx.array(random((3, 64), 28))
+
+    def loss(norm):
+        return lambda x, w: (norm(x, w) * weights).sum()
+
+    ours = mx.grad(loss(lambda x, w: PRIMITIVES.rms_norm(x, w, 1e-6)), argnums=(0, 1))(x, weight)
+    theirs = mx.grad(loss(lambda x, w: mx.fast.rms_norm(x, w, 1e-6)), argnums=(0, 1))(x, weight)
+    for a, b in zip(ours, theirs):
+        assert mx.allclose(a, b, rtol=1e-4, atol=1e-5).item()
+
+
+@vectorised
+def test_the_kernels_hand_float32_rms_norm_to_the_primitive_and_the_rest_to_mlx():
+    kernels = CPUKernels(Settings())
+    calls = []
+    kernels.primitives = counting(kernels.primitives, calls)
+    norm = nn.RMSNorm(48, eps=1e-5)
+    norm.weight = mx.array(random((48,), 29))
+    x = mx.array(random((2, 48), 30))
+    assert mx.array_equal(kernels.rms_norm(norm, x), PRIMITIVES.rms_norm(x, norm.weight, 1e-5)).item()
+    assert calls == [("rms_norm", None)]
+    half = x.astype(mx.bfloat16)
+    assert mx.array_equal(kernels.rms_norm(norm, half), MLX.rms_norm(norm, half)).item()
+    assert calls == [("rms_norm", None)]
+
+
+@vectorised
+def test_rms_norm_refuses_what_it_does_not_take():
+    for x, weight in [(mx.zeros((2, 8), mx.bfloat16), mx.zeros((8,))), (mx.zeros((2, 8)), mx.zeros((4,))),
+                      (mx.zeros((2, 8)), mx.zeros((2, 8)))]:
+        with pytest.raises(ValueError, match="rms_norm"):
+            PRIMITIVES.rms_norm(x, weight, 1e-6)
 
 
 # --- SwiGLU ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The operations the model hands to the CPU path, where they apply.
 
-The model (nextterm_mlx/model.py) calls its Linear products, SwiGLU,
+The model (nextterm_mlx/model.py) calls its Linear products, norms, SwiGLU,
 attention and rotary embedding through a Kernels object. CPUKernels routes
 each through the fastest piece that takes it and leaves the rest to MLX:
 
@@ -10,7 +10,8 @@ each through the fastest piece that takes it and leaves the rest to MLX:
   as stored (reads_stored), which the kernel multiplies in float32;
 - SwiGLU and attention in float32 go to the primitives in _swiglu.cpp and
   _attention.cpp, which take one pass with a vectorised exp where MLX's
-  CPU backend runs a dozen small operations on one thread;
+  CPU backend runs a dozen small operations on one thread; so does RMSNorm
+  to _rms_norm.cpp, one operation where MLX's backend composes a dozen;
 - what those do not take is halved over two CPU streams (two_streams.py)
   when there are enough rows for the second thread to pay;
 - the rotation is computed as tables once a forward pass and applied by
@@ -19,7 +20,8 @@ each through the fastest piece that takes it and leaves the rest to MLX:
 Each piece gives the same numbers as the MLX operation it stands in for:
 the products are the same BLAS calls MLX makes, the halves are independent
 parts of the whole, and the tables rotate with the same products and sums.
-SwiGLU and attention use their own exp, within a few ulps of the exact one.
+SwiGLU and attention use their own exp, within a few ulps of the exact one,
+and RMSNorm adds its squares in an order of its own.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class CPUKernels(Kernels):
             self.products_described = why_no_products
         self.vectorised = settings.primitives and self.primitives is not None and self.primitives.vectorised
         if self.vectorised:
-            self.primitives_described = "nextterm-mlx's SwiGLU and attention (float32)"
+            self.primitives_described = "nextterm-mlx's RMSNorm, SwiGLU and attention (float32)"
         elif not settings.primitives:
             self.primitives_described = "MLX's (NEXTTERM_MLX_PRIMITIVES=0)"
         elif self.primitives is None:
@@ -117,6 +119,11 @@ class CPUKernels(Kernels):
         if self.products is None or self.products.kernel is None or not self.vectorised:
             return None
         return self.products.kernel.nextterm_skinny_max_rows()
+
+    def rms_norm(self, layer: nn.RMSNorm, x: mx.array) -> mx.array:
+        if self.vectorised and type(layer) is nn.RMSNorm and on_cpu_in_float32(x, layer.weight):
+            return self.primitives.rms_norm(x, layer.weight, layer.eps)
+        return super().rms_norm(layer, x)
 
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         if self.vectorised and gate.shape == x.shape and on_cpu_in_float32(gate, x):
