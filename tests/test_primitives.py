@@ -60,6 +60,17 @@ def test_the_primitives_are_built_on_linux_and_can_be_switched_off():
         assert CPUKernels(Settings()).describe()["primitives"] == "nextterm-mlx's RMSNorm, SwiGLU and attention (float32)"
 
 
+def assert_same_gradients(ours, theirs, inputs, weights, rtol, atol):
+    """The gradients of sum(f(*inputs) * weights) with respect to every input
+    are alike, f being ours or theirs."""
+    def loss(function):
+        return lambda *args: (function(*args) * weights).sum()
+
+    argnums = tuple(range(len(inputs)))
+    for a, b in zip(mx.grad(loss(ours), argnums)(*inputs), mx.grad(loss(theirs), argnums)(*inputs)):
+        assert a.shape == b.shape and mx.allclose(a, b, rtol=rtol, atol=atol).item()
+
+
 def counting(primitives, calls: list):
     """`primitives` with linear, rms_norm, swiglu and attention recording each call's name."""
 
@@ -174,16 +185,8 @@ def test_linear_compiled_and_on_another_stream_gives_the_same_values():
 @needs_products
 def test_linear_gradients_match_mlx_matmul():
     x, weight = mx.array(random((2, 3, 50), 7)), mx.array(random((20, 50), 8))
-    weights = mx.array(random((2, 3, 20), 9))
-
-    def loss(linear):
-        return lambda x, w: (linear(x, w) * weights).sum()
-
-    ours = mx.grad(loss(lambda x, w: PRIMITIVES.linear(x, w, PRODUCTS.address)), argnums=(0, 1))(x, weight)
-    theirs = mx.grad(loss(lambda x, w: x @ w.T), argnums=(0, 1))(x, weight)
-    for a, b in zip(ours, theirs):
-        assert a.shape == b.shape
-        assert mx.allclose(a, b, rtol=1e-5, atol=1e-5).item()
+    assert_same_gradients(lambda x, w: PRIMITIVES.linear(x, w, PRODUCTS.address), lambda x, w: x @ w.T,
+                          (x, weight), mx.array(random((2, 3, 20), 9)), rtol=1e-5, atol=1e-5)
 
 
 @needs_products
@@ -256,15 +259,8 @@ def test_rms_norm_reads_strided_inputs_as_their_values():
 @vectorised
 def test_rms_norm_gradients_match_mlx_rms_norm():
     x, weight = mx.array(random((3, 64), 26)), mx.array(random((64,), 27))
-    weights = mx.array(random((3, 64), 28))
-
-    def loss(norm):
-        return lambda x, w: (norm(x, w) * weights).sum()
-
-    ours = mx.grad(loss(lambda x, w: PRIMITIVES.rms_norm(x, w, 1e-6)), argnums=(0, 1))(x, weight)
-    theirs = mx.grad(loss(lambda x, w: mx.fast.rms_norm(x, w, 1e-6)), argnums=(0, 1))(x, weight)
-    for a, b in zip(ours, theirs):
-        assert mx.allclose(a, b, rtol=1e-4, atol=1e-5).item()
+    assert_same_gradients(lambda x, w: PRIMITIVES.rms_norm(x, w, 1e-6), lambda x, w: mx.fast.rms_norm(x, w, 1e-6),
+                          (x, weight), mx.array(random((3, 64), 28)), rtol=1e-4, atol=1e-5)
 
 
 @vectorised
@@ -348,15 +344,8 @@ def test_swiglu_compiled_and_on_another_stream_gives_the_same_values():
 @vectorised
 def test_swiglu_gradients_match_mlx_swiglu():
     gate, x = mx.array(random((3, 50), 7, scale=4.0)), mx.array(random((3, 50), 8))
-    weights = mx.array(random((3, 50), 9))
-
-    def loss(swiglu):
-        return lambda g, x: (swiglu(g, x) * weights).sum()
-
-    ours = mx.grad(loss(PRIMITIVES.swiglu), argnums=(0, 1))(gate, x)
-    theirs = mx.grad(loss(MLX.swiglu), argnums=(0, 1))(gate, x)
-    for a, b in zip(ours, theirs):
-        assert mx.allclose(a, b, rtol=1e-5, atol=1e-6).item()
+    assert_same_gradients(PRIMITIVES.swiglu, MLX.swiglu, (gate, x), mx.array(random((3, 50), 9)),
+                          rtol=1e-5, atol=1e-6)
 
 
 @vectorised
