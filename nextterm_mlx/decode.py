@@ -111,9 +111,21 @@ class DecodeStats:
 def prefill(model: nn.Module, tokens: mx.array, cache: list[Any]) -> mx.array:
     """Run a (batch, length) array of tokens through the model into `cache`;
     the float32 logits at each row's last position."""
-    for start in range(0, tokens.shape[1], PREFILL_CHUNK):
-        logits = model(tokens[:, start : start + PREFILL_CHUNK], cache=cache)
+    chunk = prefill_chunk(model, tokens.shape[0])
+    for start in range(0, tokens.shape[1], chunk):
+        logits = model(tokens[:, start : start + chunk], cache=cache)
     return logits[:, -1].astype(mx.float32)
+
+
+def prefill_chunk(model: nn.Module, sequences: int) -> int:
+    """Positions per forward pass of a prefill of `sequences` at once. Where
+    the kernels promise each row its own numbers up to some number of rows,
+    a pass stays within them: its products then read the weights as stored
+    (bfloat16 or 8 bits) rather than widened for a GEMM, and where a chunk
+    ends changes no number, since attention sums in the order of the
+    positions wherever the cache holds them."""
+    alike_rows = model.kernels.alike_rows()
+    return PREFILL_CHUNK if alike_rows is None else max(1, alike_rows // sequences)
 
 
 def prefill_batch(model: nn.Module, prompts: list[list[int]], stats: DecodeStats) -> tuple[mx.array, list[Any]]:

@@ -23,7 +23,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from .decode import PREFILL_CHUNK, DecodeStats, Prediction, Terms, greedy_loop, greedy_step
+from .decode import DecodeStats, Prediction, Terms, greedy_loop, greedy_step, prefill_chunk
 
 # The step attends over the buffers' whole capacity, written or not, so
 # unwritten positions cost time; but each capacity is traced once per
@@ -82,8 +82,9 @@ class StaticDecoder:
     def prefill(self, tokens: list[int]) -> mx.array:
         """Feed `tokens` eagerly, in chunks; float32 logits at the last."""
         self._reserve(len(tokens))
-        for start in range(0, len(tokens), PREFILL_CHUNK):
-            chunk = tokens[start : start + PREFILL_CHUNK]
+        positions = prefill_chunk(self.model, 1)
+        for start in range(0, len(tokens), positions):
+            chunk = tokens[start : start + positions]
             views = views_over(self.buffers, mx.array(self.length))
             logits = self.model(mx.array([chunk]), cache=views)
             self.buffers = [b for view in views for b in (view.keys, view.values)]

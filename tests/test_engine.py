@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -113,6 +114,27 @@ def test_a_batch_of_prompts_of_equal_and_unequal_lengths_equals_transformers(con
     for case, predictions in zip(batch, predictor.continue_batch([c["terms"] for c in batch], 1)):
         assert [p.tokens for p in predictions] == case["generated"], case["terms"]
         np.testing.assert_allclose([p.logprob for p in predictions], case["logprobs"], atol=1e-3)
+
+
+def test_where_a_prefill_is_cut_into_passes_changes_no_number():
+    """On a CPU whose kernels promise alike rows, a prompt longer than they
+    take is prefilled in passes within them; cutting it anywhere else, down
+    to a token a pass, gives the same logits to the last bit."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from nextterm_mlx.decode import prefill
+
+    model = nextterm_mlx.load("tiny").model
+    if model.kernels.alike_rows() is None:
+        pytest.skip("MLX's own operations promise no such thing")
+    prompt = encode_prompt([3**k for k in range(40)])
+    assert len(prompt) > model.kernels.alike_rows()
+    reference = np.array(prefill(model, mx.array([prompt]), make_prompt_cache(model)))
+    for chunk in (1, 7, 50):
+        cache = make_prompt_cache(model)
+        for start in range(0, len(prompt), chunk):
+            logits = model(mx.array([prompt[start : start + chunk]]), cache=cache)
+        assert np.array_equal(np.array(logits[:, -1].astype(mx.float32)), reference), chunk
 
 
 def test_a_batch_decodes_each_sequence_with_the_numbers_it_gets_alone():
