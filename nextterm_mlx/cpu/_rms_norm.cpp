@@ -21,6 +21,7 @@
 
 #include "_row_major.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "mlx/fast.h"
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
 #include "mlx/transforms.h"
@@ -47,13 +48,6 @@ void rms_norm_rows(const float *x, const float *weight, float *out, size_t rows,
   }
 }
 
-/* MLX's own composition, for gradients. */
-mx::array composed_rms_norm(const mx::array &x, const mx::array &weight, float eps, mx::Stream s) {
-  mx::array mean_square = mx::mean(mx::square(x, s), -1, true, s);
-  return mx::multiply(mx::multiply(x, mx::rsqrt(mx::add(mean_square, mx::array(eps, mx::float32), s), s), s),
-                      weight, s);
-}
-
 class RMSNorm : public mx::Primitive {
  public:
   RMSNorm(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
@@ -78,15 +72,15 @@ class RMSNorm : public mx::Primitive {
     throw std::runtime_error("[rms_norm] has no GPU implementation");
   }
 
-  /* Gradients through MLX's composition, so that training through it works. */
+  /* Gradients through MLX's own rms_norm, so that training through it works. */
   std::vector<mx::array> vjp(const std::vector<mx::array> &primals, const std::vector<mx::array> &cotangents,
                              const std::vector<int> &argnums, const std::vector<mx::array> &) override {
     mx::Stream s = stream();
     float eps = eps_;
-    auto composed = [eps, s](const std::vector<mx::array> &in) {
-      return std::vector<mx::array>{composed_rms_norm(in[0], in[1], eps, s)};
+    auto mlx_rms_norm = [eps, s](const std::vector<mx::array> &in) {
+      return std::vector<mx::array>{mx::fast::rms_norm(in[0], in[1], eps, s)};
     };
-    std::vector<mx::array> all = mx::vjp(composed, primals, cotangents).second;
+    std::vector<mx::array> all = mx::vjp(mlx_rms_norm, primals, cotangents).second;
     std::vector<mx::array> grads;
     for (int arg : argnums) grads.push_back(all[arg]);
     return grads;
