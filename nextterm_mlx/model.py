@@ -1,11 +1,13 @@
 """NextTerm's model: the Qwen3 forward pass, with mlx-lm's parameter names.
 
 It computes what mlx_lm.models.qwen3 computes, from the same ModelArgs, and
-a converted folder loads in either. The difference is that its Linear products, norms, SwiGLU,
-attention and rotary embedding go through a Kernels object: MLX's own operations by
-default, the Linux-CPU pieces (nextterm_mlx/cpu) where the loader chose
-them. The rotation is made once a forward pass, for the positions the cache
-says, and handed to every layer.
+a converted folder loads in either. The difference is that its Linear
+products, norms, SwiGLU, attention and rotary embedding go through a Kernels
+object: MLX's own operations by default, the Linux-CPU pieces
+(nextterm_mlx/cpu) where the loader chose them. The rotation is made once a
+forward pass, for the positions the cache says, and handed to every layer,
+which norms and rotates its query and key heads in one call (one operation
+where the CPU pieces take it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class Kernels:
     def rms_norm(self, layer: nn.RMSNorm, x: mx.array) -> mx.array:
         return layer(x)
 
+    def rotated_heads(self, norm: nn.RMSNorm, x: mx.array, heads: int, rotate: Rotation) -> mx.array:
+        """The heads of a query or key projection x (B, L, heads * head_dim),
+        each normed and then rotated, heads first: (B, heads, L, head_dim)."""
+        B, L, _ = x.shape
+        return rotate(self.rms_norm(norm, x.reshape(B, L, heads, -1)).transpose(0, 2, 1, 3))
+
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         return swiglu(gate, x)
 
@@ -49,7 +57,11 @@ class Kernels:
 
     def attention(self, queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
                   mask: Any) -> mx.array:
-        return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)
+        """Attention of queries (B, heads, L, head_dim) over keys and values,
+        by position as the output projection takes it: (B, L, heads * head_dim)."""
+        B, _, L, _ = queries.shape
+        output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)
+        return output.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
     def rotation(self, rope: nn.Module, offset: Any, length: int, dtype: mx.Dtype) -> Rotation:
         """The rotation of `length` positions from `offset`, for every layer."""
@@ -75,15 +87,12 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, rotate: Rotation, mask: Any, cache: Any, kernels: Kernels) -> mx.array:
         B, L, _ = x.shape
-        queries = kernels.linear(self.q_proj, x).reshape(B, L, self.n_heads, -1)
-        keys = kernels.linear(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1)
+        queries = kernels.rotated_heads(self.q_norm, kernels.linear(self.q_proj, x), self.n_heads, rotate)
+        keys = kernels.rotated_heads(self.k_norm, kernels.linear(self.k_proj, x), self.n_kv_heads, rotate)
         values = kernels.linear(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        queries = rotate(kernels.rms_norm(self.q_norm, queries).transpose(0, 2, 1, 3))
-        keys = rotate(kernels.rms_norm(self.k_norm, keys).transpose(0, 2, 1, 3))
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
-        output = kernels.attention(queries, keys, values, cache, self.scale, mask)
-        return kernels.linear(self.o_proj, output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return kernels.linear(self.o_proj, kernels.attention(queries, keys, values, cache, self.scale, mask))
 
 
 class MLP(nn.Module):

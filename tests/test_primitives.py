@@ -72,7 +72,7 @@ def assert_same_gradients(ours, theirs, inputs, weights, rtol, atol):
 
 
 def counting(primitives, calls: list):
-    """`primitives` with linear, rms_norm, swiglu and attention recording each call's name."""
+    """`primitives` with each function recording its calls' names."""
 
     def counted(name):
         function = getattr(primitives, name)
@@ -83,7 +83,8 @@ def counting(primitives, calls: list):
 
         return call
 
-    return SimpleNamespace(**{name: counted(name) for name in ("linear", "rms_norm", "swiglu", "attention")})
+    names = ("linear", "rms_norm", "rotated_heads", "swiglu", "attention")
+    return SimpleNamespace(**{name: counted(name) for name in names})
 
 
 @needs_products
@@ -98,10 +99,10 @@ def test_a_loaded_model_goes_through_the_primitives(name):
     mx.eval(model(mx.array([[3, 4, 5, 11, 6]])))
     layers = len(model.layers)
     # Per layer: the query, key, value and output projections, gate, up and
-    # down; four norms (input, queries, keys, before the MLP); SwiGLU;
-    # attention. Then the final norm and the head.
+    # down; two norms (input, before the MLP); the queries' and keys' heads
+    # normed and rotated; SwiGLU; attention. Then the final norm and the head.
     assert sorted(call for call, _ in calls) == ["attention"] * layers + ["linear"] * (7 * layers + 1) + [
-        "rms_norm"] * (4 * layers + 1) + ["swiglu"] * layers
+        "rms_norm"] * (2 * layers + 1) + ["rotated_heads"] * (2 * layers) + ["swiglu"] * layers
     # The fixtures are stored in bfloat16, as their Linear layers' weights stay;
     # a tied head is the embedding, cast to float32.
     products = kernels.products
@@ -284,6 +285,125 @@ def test_rms_norm_refuses_what_it_does_not_take():
                       (mx.zeros((2, 8)), mx.zeros((2, 8)))]:
         with pytest.raises(ValueError, match="rms_norm"):
             PRIMITIVES.rms_norm(x, weight, 1e-6)
+
+
+# --- The heads of queries and keys, normed and rotated ------------------------------------
+
+def rotated_heads_in_float64(x: np.ndarray, weight: np.ndarray, heads: int, eps: float, base: float,
+                             first_position: int) -> np.ndarray:
+    """RMSNorm of each head, then RoPE (non-traditional: the halves of a head
+    rotate together), written out in float64 from their definitions."""
+    batch, length, _ = x.shape
+    width = weight.shape[0]
+    normed = rms_norm_in_float64(x.reshape(batch, length, heads, width), weight, eps).transpose(0, 2, 1, 3)
+    half = width // 2
+    angles = (first_position + np.arange(length))[:, None] * base ** (-np.arange(half) / half)
+    cos, sin = np.cos(angles), np.sin(angles)
+    x1, x2 = normed[..., :half], normed[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
+def tables(width: int, base: float, first_position: int, length: int):
+    """The cosines and sines the kernels hand the primitive (TableRotation's)."""
+    from nextterm_mlx.cpu.kernels import rotation_from_tables
+
+    rotation = rotation_from_tables(nn.RoPE(width, base=base), first_position, length, mx.float32)
+    return rotation.cosines, rotation.sines
+
+
+@vectorised
+@pytest.mark.parametrize("batch, length, heads, width, first_position",
+                         [(1, 1, 16, 128, 99), (2, 7, 8, 128, 0), (1, 64, 2, 16, 300), (3, 2, 1, 6, 5)])
+def test_rotated_heads_match_float64(batch, length, heads, width, first_position):
+    x, weight = random((batch, length, heads * width), 40, scale=2.0), random((width,), 41)
+    cosines, sines = tables(width, 10000.0, first_position, length)
+    got = np.array(PRIMITIVES.rotated_heads(mx.array(x), mx.array(weight), cosines, sines, heads, 1e-6))
+    expected = rotated_heads_in_float64(x, weight, heads, 1e-6, 10000.0, first_position)
+    assert got.shape == (batch, heads, length, width)
+    # float32 angles of positions in the hundreds are off by some 1e-5 radians
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@vectorised
+def test_rotated_heads_are_mlx_rope_of_mlx_rms_norm_bit_for_bit():
+    """With the norm's sum order aside (the same per row as the RMSNorm
+    primitive's), the rotation rounds each product and sum as mlx.nn.RoPE."""
+    rope = nn.RoPE(128, base=1e6)
+    x, weight = mx.array(random((2, 5, 4 * 128), 42)), mx.array(random((128,), 43))
+    cosines, sines = tables(128, 1e6, 17, 5)
+    got = PRIMITIVES.rotated_heads(x, weight, cosines, sines, 4, 1e-6)
+    normed = PRIMITIVES.rms_norm(x.reshape(2, 5, 4, 128), weight, 1e-6).transpose(0, 2, 1, 3)
+    assert mx.array_equal(got, rope(normed, offset=17)).item()
+
+
+@vectorised
+def test_rotated_heads_read_strided_inputs_as_their_values():
+    x, weight = random((6, 1, 2 * 16), 44), random((16,), 45)
+    cosines, sines = tables(16, 10000.0, 3, 6)
+    strided = mx.array(x).transpose(1, 0, 2)  # (1, 6, 32) with the positions' stride
+    got = np.array(PRIMITIVES.rotated_heads(strided, mx.array(weight), cosines, sines, 2, 1e-6))
+    expected = rotated_heads_in_float64(x.transpose(1, 0, 2), weight, 2, 1e-6, 10000.0, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@vectorised
+def test_rotated_heads_gradients_match_mlx_operations():
+    rope = nn.RoPE(16, base=10000.0)
+    cosines, sines = tables(16, 10000.0, 0, 3)
+    x, weight = mx.array(random((2, 3, 2 * 16), 46)), mx.array(random((16,), 47))
+
+    weights = mx.array(random((2, 2, 3, 16), 48))
+    # Against RoPE of MLX's rms_norm, for x and the norm's weight.
+    assert_same_gradients(lambda x, w: PRIMITIVES.rotated_heads(x, w, cosines, sines, 2, 1e-6),
+                          lambda x, w: rope(mx.fast.rms_norm(x.reshape(2, 3, 2, 16), w, 1e-6).transpose(0, 2, 1, 3)),
+                          (x, weight), weights, rtol=1e-4, atol=1e-5)
+
+    # The tables' gradients too, against the rotation written with MLX's operations.
+    def by_mlx(x, w, cosines, sines):
+        normed = mx.fast.rms_norm(x.reshape(2, 3, 2, 16), w, 1e-6).transpose(0, 2, 1, 3)
+        return normed * cosines + mx.concatenate([normed[..., 8:], normed[..., :8]], axis=-1) * sines
+
+    assert_same_gradients(lambda *a: PRIMITIVES.rotated_heads(*a, 2, 1e-6), by_mlx, (x, weight, cosines, sines),
+                          weights, rtol=1e-4, atol=1e-5)
+
+
+@vectorised
+def test_the_kernels_hand_rotated_heads_to_the_primitive_only_with_tables_in_float32():
+    from nextterm_mlx.cpu.kernels import rotation_from_tables
+
+    kernels = CPUKernels(Settings())
+    calls = []
+    kernels.primitives = counting(kernels.primitives, calls)
+    norm, rope = nn.RMSNorm(16, eps=1e-5), nn.RoPE(16, base=10000.0)
+    norm.weight = mx.array(random((16,), 49))
+    x = mx.array(random((1, 3, 4 * 16), 50))
+    rotation = rotation_from_tables(rope, 2, 3, mx.float32)
+    expected = rope(mx.fast.rms_norm(x.reshape(1, 3, 4, 16), norm.weight, 1e-5).transpose(0, 2, 1, 3), offset=2)
+    got = kernels.rotated_heads(norm, x, 4, rotation)
+    assert calls == [("rotated_heads", None)]
+    assert mx.allclose(got, expected, rtol=1e-5, atol=1e-6).item()
+    calls.clear()
+    # Per-row offsets (a batch at different positions) rotate through RoPE itself.
+    kernels.rotated_heads(norm, x, 4, lambda heads: rope(heads, offset=2))
+    assert [name for name, _ in calls] == ["rms_norm"]
+    calls.clear()
+    # A partial rotation (RoPE over fewer dims than a head) is RoPE's too.
+    partial = rotation_from_tables(nn.RoPE(8, base=10000.0), 2, 3, mx.float32)
+    kernels.rotated_heads(norm, x, 4, partial)
+    assert [name for name, _ in calls] == ["rms_norm"]
+
+
+@vectorised
+def test_rotated_heads_refuse_what_they_do_not_take():
+    cosines, sines = tables(8, 10000.0, 0, 2)
+    cases = [(mx.zeros((1, 2, 16), mx.bfloat16), mx.zeros((8,)), cosines, sines, 2),  # not float32
+             (mx.zeros((1, 2, 16)), mx.zeros((8,)), cosines, sines, 3),  # heads do not divide
+             (mx.zeros((1, 3, 16)), mx.zeros((8,)), cosines, sines, 2),  # tables for 2 positions
+             (mx.zeros((1, 2, 14)), mx.zeros((7,)), cosines[:, :7], sines[:, :7], 2),  # odd width
+             (mx.zeros((2, 16)), mx.zeros((8,)), cosines, sines, 2)]  # no positions axis
+    for x, weight, cos, sin, heads in cases:
+        with pytest.raises(ValueError, match="rotated_heads"):
+            PRIMITIVES.rotated_heads(x, weight, cos, sin, heads, 1e-6)
 
 
 # --- SwiGLU ---------------------------------------------------------------------------------
@@ -506,15 +626,40 @@ def test_attention_keeps_a_nan_where_it_came_from():
 
 
 @vectorised
+@pytest.mark.parametrize("mask", ["none", "causal", "padding"])
+def test_attention_as_rows_is_its_output_by_head_laid_out_by_position(mask):
+    q, k, v, mask = attention_problem(2, 4, 2, 3, 7, 16, mask, seed=8)
+    by_head = np.array(call_attention(q, k, v, 0.3, mask))
+    if mask is None or isinstance(mask, str):
+        rows = PRIMITIVES.attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mask_mode=mask or "", as_rows=True)
+    else:
+        rows = PRIMITIVES.attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mask=mx.array(mask), as_rows=True)
+    assert rows.shape == (2, 3, 4 * 16)
+    assert np.array_equal(np.array(rows), by_head.transpose(0, 2, 1, 3).reshape(2, 3, 4 * 16))
+
+
+@vectorised
+def test_attention_as_rows_has_the_gradients_of_mlx_attention_laid_out_by_position():
+    q, k, v, mask = (mx.array(a) for a in attention_problem(1, 4, 2, 2, 5, 8, "padding", seed=9))
+
+    def theirs(q, k, v):
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+        return out.transpose(0, 2, 1, 3).reshape(1, 2, 4 * 8)
+
+    assert_same_gradients(lambda q, k, v: PRIMITIVES.attention(q, k, v, 0.3, mask=mask, as_rows=True), theirs,
+                          (q, k, v), mx.array(random((1, 2, 4 * 8), 10)), rtol=1e-4, atol=1e-5)
+
+
+@vectorised
 def test_the_kernels_hand_float32_attention_to_the_primitive():
     kernels = CPUKernels(Settings())
     calls = []
     kernels.primitives = counting(kernels.primitives, calls)
     q, k, v, mask = (mx.array(a) for a in attention_problem(2, 4, 2, 3, 7, 16, "padding", seed=7))
     assert mx.array_equal(kernels.attention(q, k, v, None, 0.3, mask),
-                          PRIMITIVES.attention(q, k, v, 0.3, mask=mask)).item()
+                          PRIMITIVES.attention(q, k, v, 0.3, mask=mask, as_rows=True)).item()
     assert mx.array_equal(kernels.attention(q, k, v, None, 0.3, "causal"),
-                          PRIMITIVES.attention(q, k, v, 0.3, mask_mode="causal")).item()
+                          PRIMITIVES.attention(q, k, v, 0.3, mask_mode="causal", as_rows=True)).item()
     assert calls == [("attention", None)] * 2
 
 
@@ -525,6 +670,9 @@ def test_attention_it_does_not_take_goes_to_mlx():
     more_queries_than_keys = mx.array(np.ones((1, 4, 6, 16), dtype=np.float32))
     with pytest.raises(ValueError):
         PRIMITIVES.attention(more_queries_than_keys, k, v, 0.3)
+    for mask in (mx.ones((2, 4), mx.bool_), mx.ones((1, 1, 1, 2, 5), mx.bool_)):  # 4 keys, not 5; five dimensions
+        with pytest.raises(ValueError, match="broadcasts"):
+            PRIMITIVES.attention(q, k, v, 0.3, mask=mask)
     # the primitive refuses it, and the kernels pass it on
     assert mx.array_equal(kernels.attention(more_queries_than_keys, k, v, None, 0.3, None),
                           MLX.attention(more_queries_than_keys, k, v, None, 0.3, None)).item()

@@ -18,10 +18,13 @@
  * groups. The semantics are
  * MLX's: a boolean mask hides positions, a float mask is added to the
  * scores, "causal" aligns the queries with the last keys, and a row that
- * may see nothing averages all the values.
+ * may see nothing averages all the values. The output is laid out by head,
+ * as MLX's is, or by position (as_rows), as the output projection takes it:
+ * that spares a layer the transpose and reshape between the two.
  */
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -64,6 +67,7 @@ struct Problem {
   int64_t mask_strides[4];
   bool causal;
   float scale;
+  bool as_rows;  // out is (batch, query_length, query_heads * dim), not (batch, query_heads, query_length, dim)
 };
 
 /* The loops of a query row, with AVX2 and FMA (primitives.py checks the CPU has them). */
@@ -163,7 +167,8 @@ void attend(const Problem &p, int first, int last, float *scores) {
           max = std::max(max, score);
         }
         float total = Avx2::exp_and_sum(scores, p.kv_length, max);
-        float *out = p.out + (((int64_t)b * p.query_heads + h) * p.query_length + i) * p.dim;
+        float *out = p.out + (p.as_rows ? ((int64_t)b * p.query_length + i) * p.query_heads + h
+                                         : ((int64_t)b * p.query_heads + h) * p.query_length + i) * p.dim;
         Avx2::weighted_sum(out, p.values, b, kv_head, scores, p.kv_length, p.dim, 1.0f / total);
       }
     }
@@ -215,9 +220,32 @@ Rows rows_of(const Layout &input, std::vector<float> &storage) {
   return {storage.data(), n[1] * n[2] * n[3], n[2] * n[3], n[3]};
 }
 
+/* The strides that read a mask of up to four dimensions as if broadcast to
+ * (batch, heads, queries, keys): 0 along a dimension it lacks or has once.
+ * Broadcasting it here rather than with mx::broadcast_to spares every layer
+ * of every forward pass a Broadcast node. */
+std::array<int64_t, 4> broadcast_strides(const mx::array &mask) {
+  std::array<int64_t, 4> strides{0, 0, 0, 0};
+  for (int d = 0, missing = 4 - mask.ndim(); d < mask.ndim(); ++d)
+    if (mask.shape(d) != 1) strides[missing + d] = mask.strides()[d];
+  return strides;
+}
+
+/* (batch, heads, length, dim) as (batch, length, heads * dim). */
+mx::array as_rows(const mx::array &by_head, mx::Stream s) {
+  mx::array by_position = mx::transpose(by_head, {0, 2, 1, 3}, s);
+  return mx::reshape(by_position, {by_head.shape(0), by_head.shape(2), by_head.shape(1) * by_head.shape(3)}, s);
+}
+
+mx::Shape output_shape(const mx::array &queries, bool as_rows) {
+  if (!as_rows) return queries.shape();
+  return {queries.shape(0), queries.shape(2), queries.shape(1) * queries.shape(3)};
+}
+
 class Attention : public mx::Primitive {
  public:
-  Attention(mx::Stream stream, float scale, bool causal) : mx::Primitive(stream), scale_(scale), causal_(causal) {}
+  Attention(mx::Stream stream, float scale, bool causal, bool as_rows)
+      : mx::Primitive(stream), scale_(scale), causal_(causal), as_rows_(as_rows) {}
 
   void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
     mx::array &out = outputs[0];
@@ -226,18 +254,18 @@ class Attention : public mx::Primitive {
     for (const mx::array &input : inputs) encoder.set_input_array(input);
     encoder.set_output_array(out);
     Layout queries(inputs[0]), keys(inputs[1]), values(inputs[2]);
-    std::optional<Layout> mask;
-    if (inputs.size() == 4) mask.emplace(inputs[3]);
+    const void *mask = inputs.size() == 4 ? inputs[3].data<void>() : nullptr;
     bool hides = mask && inputs[3].dtype() == mx::bool_;
-    encoder.dispatch([=, out = out.data<float>(), causal = causal_, scale = scale_]() {
+    std::array<int64_t, 4> strides = mask ? broadcast_strides(inputs[3]) : std::array<int64_t, 4>{};
+    encoder.dispatch([=, out = out.data<float>(), causal = causal_, scale = scale_, as_rows = as_rows_]() {
       std::vector<float> copies[3];
       Problem p{rows_of(queries, copies[0]), rows_of(keys, copies[1]), rows_of(values, copies[2]), out,
                 (int)queries.shape[0], (int)queries.shape[1], (int)keys.shape[1], (int)queries.shape[2],
-                (int)keys.shape[2], (int)queries.shape[3], nullptr, nullptr, {0, 0, 0, 0}, causal, scale};
+                (int)keys.shape[2], (int)queries.shape[3], nullptr, nullptr, {0, 0, 0, 0}, causal, scale, as_rows};
       if (mask) {
-        for (int d = 0; d < 4; ++d) p.mask_strides[d] = mask->strides[d];
-        if (hides) p.hide = static_cast<const bool *>(mask->data);
-        else p.added = static_cast<const float *>(mask->data);
+        for (int d = 0; d < 4; ++d) p.mask_strides[d] = strides[d];
+        if (hides) p.hide = static_cast<const bool *>(mask);
+        else p.added = static_cast<const float *>(mask);
       }
       attend_everything(p);
     });
@@ -254,8 +282,9 @@ class Attention : public mx::Primitive {
     std::optional<mx::array> mask;
     if (primals.size() == 4) mask = primals[3];
     auto stock = [this, mask](const std::vector<mx::array> &qkv) {
-      return std::vector<mx::array>{mx::fast::scaled_dot_product_attention(
-          qkv[0], qkv[1], qkv[2], scale_, causal_ ? "causal" : "", mask, {}, false, stream())};
+      mx::array out = mx::fast::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale_,
+                                                             causal_ ? "causal" : "", mask, {}, false, stream());
+      return std::vector<mx::array>{as_rows_ ? as_rows(out, stream()) : out};
     };
     auto [_, grads] = mx::vjp(stock, {primals[0], primals[1], primals[2]}, cotangents);
     std::vector<mx::array> wanted;
@@ -264,22 +293,22 @@ class Attention : public mx::Primitive {
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
-    return {inputs[0].shape()};
+    return {output_shape(inputs[0], as_rows_)};
   }
 
   const char *name() const override { return "Attention"; }
   bool is_equivalent(const mx::Primitive &other) const override {
     const Attention &o = static_cast<const Attention &>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_;
+    return scale_ == o.scale_ && causal_ == o.causal_ && as_rows_ == o.as_rows_;
   }
 
  private:
   float scale_;
-  bool causal_;
+  bool causal_, as_rows_;
 };
 
 mx::array attention(const mx::array &queries, const mx::array &keys, const mx::array &values, float scale,
-                    const std::string &mask_mode, const std::optional<mx::array> &mask) {
+                    const std::string &mask_mode, const std::optional<mx::array> &mask, bool as_rows) {
   bool shapes_fit = queries.ndim() == 4 && keys.ndim() == 4 && values.shape() == keys.shape() &&
                     keys.shape(0) == queries.shape(0) && keys.shape(3) == queries.shape(3) && keys.shape(1) > 0 &&
                     queries.shape(1) % keys.shape(1) == 0 && queries.shape(2) <= keys.shape(2);
@@ -293,17 +322,23 @@ mx::array attention(const mx::array &queries, const mx::array &keys, const mx::a
   std::vector<mx::array> inputs = {queries, keys, values};
   if (mask) {
     mx::Shape scores = {queries.shape(0), queries.shape(1), queries.shape(2), keys.shape(2)};
-    inputs.push_back(mx::broadcast_to(*mask, scores, stream));
+    bool broadcasts = mask->ndim() <= 4;
+    for (int d = 0, missing = 4 - mask->ndim(); broadcasts && d < mask->ndim(); ++d)
+      broadcasts = mask->shape(d) == 1 || mask->shape(d) == scores[missing + d];
+    if (!broadcasts)
+      throw std::invalid_argument("[attention] takes a mask that broadcasts to (B, H, L, keys)");
+    inputs.push_back(*mask);
   }
-  return mx::array(queries.shape(), mx::float32, std::make_shared<Attention>(stream, scale, mask_mode == "causal"),
-                   std::move(inputs));
+  return mx::array(output_shape(queries, as_rows), mx::float32,
+                   std::make_shared<Attention>(stream, scale, mask_mode == "causal", as_rows), std::move(inputs));
 }
 
 }  // namespace
 
 void bind_attention(nb::module_ &m) {
   m.def("attention", &attention, "queries"_a, "keys"_a, "values"_a, "scale"_a, "mask_mode"_a = "",
-        "mask"_a = nb::none(),
+        "mask"_a = nb::none(), "as_rows"_a = false,
         "softmax(queries @ keys.T * scale + mask) @ values on the default CPU stream, as "
-        "mx.fast.scaled_dot_product_attention computes it, for float32 arrays.");
+        "mx.fast.scaled_dot_product_attention computes it, for float32 arrays: (B, H, L, D), or with "
+        "`as_rows` (B, L, H * D), the heads of each position side by side as an output projection takes them.");
 }

@@ -125,6 +125,13 @@ class CPUKernels(Kernels):
             return self.primitives.rms_norm(x, layer.weight, layer.eps)
         return super().rms_norm(layer, x)
 
+    def rotated_heads(self, norm: nn.RMSNorm, x: mx.array, heads: int, rotate: Callable[[mx.array], mx.array]
+                      ) -> mx.array:
+        if (self.vectorised and type(norm) is nn.RMSNorm and isinstance(rotate, TableRotation)
+                and x.shape[-1] == heads * rotate.rope.dims and on_cpu_in_float32(x, norm.weight, rotate.cosines)):
+            return self.primitives.rotated_heads(x, norm.weight, rotate.cosines, rotate.sines, heads, norm.eps)
+        return super().rotated_heads(norm, x, heads, rotate)
+
     def swiglu(self, gate: mx.array, x: mx.array) -> mx.array:
         if self.vectorised and gate.shape == x.shape and on_cpu_in_float32(gate, x):
             return self.primitives.swiglu(gate, x)
@@ -138,8 +145,8 @@ class CPUKernels(Kernels):
                 and on_cpu_in_float32(queries, keys, values)):
             try:
                 if isinstance(mask, mx.array):
-                    return self.primitives.attention(queries, keys, values, scale, mask=mask)
-                return self.primitives.attention(queries, keys, values, scale, mask_mode=mask or "")
+                    return self.primitives.attention(queries, keys, values, scale, mask=mask, as_rows=True)
+                return self.primitives.attention(queries, keys, values, scale, mask_mode=mask or "", as_rows=True)
             except ValueError:  # shapes it does not take, e.g. more queries than keys
                 pass
         if self.halves:
@@ -167,25 +174,35 @@ def takes_mask(mask: Any) -> bool:
     return mask is None or mask == "causal"
 
 
-def rotation_from_tables(rope: nn.RoPE, offset: Any, length: int, dtype: mx.Dtype) -> Callable[[mx.array], mx.array]:
+def rotation_from_tables(rope: nn.RoPE, offset: Any, length: int, dtype: mx.Dtype) -> "TableRotation":
     """RoPE for `length` positions from `offset`, from cosines and sines
     computed once. RoPE applied to the basis vector [1, ..., 1, 0, ..., 0]
     gives exactly the cosines (1 * cos - 0 * sin) and the sines (1 * sin +
-    0 * cos) it computes itself; x * [cos, cos] + swap_halves(x) * [-sin, sin]
-    then makes the same products and sums as x1 * cos - x2 * sin and
-    x1 * sin + x2 * cos (negating and swapping the terms of a sum round
-    alike), so the result is bit for bit RoPE's."""
+    0 * cos) it computes itself."""
     half = rope.dims // 2
     basis = mx.concatenate([mx.ones((1, 1, length, half), dtype), mx.zeros((1, 1, length, half), dtype)], axis=-1)
     tables = rope(basis, offset=offset)
     cos, sin = tables[..., :half], tables[..., half:]
-    cos, sin = mx.stack([cos, cos], axis=-2), mx.stack([-sin, sin], axis=-2)
+    cosines = mx.concatenate([cos, cos], axis=-1).reshape(length, rope.dims)
+    sines = mx.concatenate([-sin, sin], axis=-1).reshape(length, rope.dims)
+    return TableRotation(rope, offset, cosines, sines)
 
-    def rotate(x: mx.array) -> mx.array:
+
+class TableRotation:
+    """A rotation by tables of cosines [cos, cos] and sines [-sin, sin], one
+    row a position: x * cosines + swap_halves(x) * sines makes the same
+    products and sums as RoPE's x1 * cos - x2 * sin and x1 * sin + x2 * cos
+    (negating and swapping the terms of a sum round alike), so the result is
+    bit for bit RoPE's. The rotated_heads primitive takes the tables as they are."""
+
+    def __init__(self, rope: nn.RoPE, offset: Any, cosines: mx.array, sines: mx.array):
+        self.rope, self.offset, self.cosines, self.sines = rope, offset, cosines, sines
+
+    def __call__(self, x: mx.array) -> mx.array:
         *leading, dims = x.shape
-        if dims != rope.dims:
-            return rope(x, offset=offset)
-        halves = x.reshape(*leading, 2, dims // 2)
+        if dims != self.rope.dims:
+            return self.rope(x, offset=self.offset)
+        length, half = self.cosines.shape[0], dims // 2
+        halves = x.reshape(*leading, 2, half)
+        cos, sin = self.cosines.reshape(length, 2, half), self.sines.reshape(length, 2, half)
         return (halves * cos + halves[..., ::-1, :] * sin).reshape(*leading, dims)
-
-    return rotate

@@ -53,4 +53,5 @@ def halved_attention(attention: Callable[..., mx.array], queries: mx.array, keys
     with mx.stream(second_stream()):
         first = attention(queries[:, :q_half], keys[:, :kv_half], values[:, :kv_half], cache, scale, mask)
     rest = attention(queries[:, q_half:], keys[:, kv_half:], values[:, kv_half:], cache, scale, mask)
-    return mx.concatenate([first, rest], axis=1)
+    # Each half is (B, L, its heads * head_dim): side by side, the heads are in order.
+    return mx.concatenate([first, rest], axis=-1)
