@@ -226,7 +226,7 @@ Rows rows_of(const Layout &input, std::vector<float> &storage) {
  * of every forward pass a Broadcast node. */
 std::array<int64_t, 4> broadcast_strides(const mx::array &mask) {
   std::array<int64_t, 4> strides{0, 0, 0, 0};
-  for (int d = 0, missing = 4 - mask.ndim(); d < mask.ndim(); ++d)
+  for (int d = 0, dims = static_cast<int>(mask.ndim()), missing = 4 - dims; d < dims; ++d)
     if (mask.shape(d) != 1) strides[missing + d] = mask.strides()[d];
   return strides;
 }
@@ -323,7 +323,7 @@ mx::array attention(const mx::array &queries, const mx::array &keys, const mx::a
   if (mask) {
     mx::Shape scores = {queries.shape(0), queries.shape(1), queries.shape(2), keys.shape(2)};
     bool broadcasts = mask->ndim() <= 4;
-    for (int d = 0, missing = 4 - mask->ndim(); broadcasts && d < mask->ndim(); ++d)
+    for (int d = 0, dims = static_cast<int>(mask->ndim()), missing = 4 - dims; broadcasts && d < dims; ++d)
       broadcasts = mask->shape(d) == 1 || mask->shape(d) == scores[missing + d];
     if (!broadcasts)
       throw std::invalid_argument("[attention] takes a mask that broadcasts to (B, H, L, keys)");
