@@ -486,6 +486,28 @@ def test_the_worker_reads_ahead_the_product_that_came_next_the_last_time_unless_
     assert int(python(READ_AHEADS, NEXTTERM_MLX_READ_AHEAD="0")) == 0
 
 
+PARTS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+
+
+@needs_kernel
+def test_the_kernels_threads_run_every_part_of_a_task_once():
+    """nextterm_skinny_parallel, as attention calls it: part i of n for every
+    i, each once, on n different threads when the pool has n."""
+    import threading
+
+    for _ in range(3):  # with the workers asleep and awake
+        seen = []
+
+        def part(context, index, parts):
+            seen.append((index, parts, threading.get_ident()))
+
+        KERNEL.nextterm_skinny_parallel(PARTS(part), None)
+        parts = seen[0][1]
+        assert sorted(index for index, _, _ in seen) == list(range(parts))
+        assert all(n == parts for _, n, _ in seen)
+        assert len({thread for _, _, thread in seen}) == parts
+
+
 ON_THE_AVX2_KERNEL = (
     "import test_blas\n"
     "assert test_blas.KERNEL is not None and not test_blas.KERNEL.nextterm_skinny_avx512()\n"

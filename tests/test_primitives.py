@@ -650,6 +650,23 @@ def test_attention_as_rows_has_the_gradients_of_mlx_attention_laid_out_by_positi
                           (q, k, v), mx.array(random((1, 2, 4 * 8), 10)), rtol=1e-4, atol=1e-5)
 
 
+@needs_products
+@vectorised
+@pytest.mark.parametrize("batch, heads, kv_heads, length, keys, mask", [
+    (1, 16, 8, 1, 100, "padding"),   # a decode step of the 440M shape
+    (1, 4, 2, 1, 9, "none"),         # too little work to share
+    (3, 6, 3, 4, 40, "causal"),      # groups that do not halve evenly
+    (32, 16, 8, 1, 57, "positions"),
+])
+def test_attention_shared_with_the_kernels_threads_gives_the_same_numbers(batch, heads, kv_heads, length, keys, mask):
+    q, k, v, mask = attention_problem(batch, heads, kv_heads, length, keys, 64, mask, seed=keys)
+    q, k, v = mx.array(q), mx.array(k), mx.array(v)
+    options = {"mask": mx.array(mask)} if isinstance(mask, np.ndarray) else {"mask_mode": mask or ""}
+    alone = PRIMITIVES.attention(q, k, v, 0.2, **options)
+    shared = PRIMITIVES.attention(q, k, v, 0.2, parallel=PRODUCTS.parallel_address, **options)
+    assert mx.array_equal(shared, alone).item()
+
+
 @vectorised
 def test_the_kernels_hand_float32_attention_to_the_primitive():
     kernels = CPUKernels(Settings())
@@ -661,6 +678,13 @@ def test_the_kernels_hand_float32_attention_to_the_primitive():
     assert mx.array_equal(kernels.attention(q, k, v, None, 0.3, "causal"),
                           PRIMITIVES.attention(q, k, v, 0.3, mask_mode="causal", as_rows=True)).item()
     assert calls == [("attention", None)] * 2
+    # with the skinny-product kernel's threads to share the heads, where it is loaded
+    options = []
+    kernels.primitives = SimpleNamespace(attention=lambda *args, **kwargs: options.append(kwargs))
+    kernels.attention(q, k, v, None, 0.3, mask)
+    assert options[0]["parallel"] == (kernels.products.parallel_address if kernels.products else 0)
+    if kernels.products is not None and kernels.products.kernel is not None:
+        assert options[0]["parallel"] != 0
 
 
 @vectorised

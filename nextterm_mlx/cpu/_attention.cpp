@@ -13,9 +13,10 @@
  * the vectorised exp, and the weighted sum of the value rows. The inputs
  * are read where they lie, through their strides: a KV cache's slice is not
  * copied, nor a mask broadcast over heads or sequences (queries, keys or
- * values whose last dimension is strided are). From SHARED_WORK
- * multiply-adds on, a second thread takes half of the (sequence, key head)
- * groups. The semantics are
+ * values whose last dimension is strided are). The (sequence, key head)
+ * groups are shared with the skinny-product kernel's workers when given
+ * its nextterm_skinny_parallel, else, from SHARED_WORK multiply-adds on,
+ * with a thread of its own. The semantics are
  * MLX's: a boolean mask hides positions, a float mask is added to the
  * scores, "causal" aligns the queries with the last keys, and a row that
  * may see nothing averages all the values. The output is laid out by head,
@@ -25,6 +26,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -179,11 +181,28 @@ void attend(const Problem &p, int first, int last, float *scores) {
  * takes half of the (sequence, key head) groups. A decode step of 32 sequences of the 440M shape
  * has about 4 million, one of a single sequence 0.2 million. */
 constexpr double SHARED_WORK = 2e6;
+/* The same, when the skinny-product kernel's workers take the other parts:
+ * they are awake already, so far less work pays for them. */
+constexpr double SHARED_WORK_WITH_WORKERS = 5e4;
 
-void attend_everything(const Problem &p) {
+/* The skinny-product kernel's nextterm_skinny_parallel: part(context, i, n) for every i < n, on n threads. */
+typedef void (*part_fn)(void *context, int part, int parts);
+typedef void (*parallel_fn)(part_fn part, void *context);
+
+/* Part `part` of `parts` of the (sequence, key head) groups. */
+void attend_part(void *context, int part, int parts) {
+  const Problem &p = *static_cast<const Problem *>(context);
   int groups = p.batch * p.kv_heads;
-  std::vector<float> scores(2 * (size_t)p.kv_length);  // one row's worth for each thread
+  std::vector<float> scores(p.kv_length);
+  attend(p, (int)((long)groups * part / parts), (int)((long)groups * (part + 1) / parts), scores.data());
+}
+
+void attend_everything(const Problem &p, uintptr_t parallel) {
+  int groups = p.batch * p.kv_heads;
   double work = (double)p.batch * p.query_heads * p.query_length * p.kv_length * p.dim;
+  if (parallel != 0 && groups >= 2 && work >= SHARED_WORK_WITH_WORKERS)
+    return reinterpret_cast<parallel_fn>(parallel)(attend_part, const_cast<Problem *>(&p));
+  std::vector<float> scores(2 * (size_t)p.kv_length);  // one row's worth for each thread
   if (work < SHARED_WORK || groups < 2) return attend(p, 0, groups, scores.data());
   std::thread helper;
   try {
@@ -244,8 +263,8 @@ mx::Shape output_shape(const mx::array &queries, bool as_rows) {
 
 class Attention : public mx::Primitive {
  public:
-  Attention(mx::Stream stream, float scale, bool causal, bool as_rows)
-      : mx::Primitive(stream), scale_(scale), causal_(causal), as_rows_(as_rows) {}
+  Attention(mx::Stream stream, float scale, bool causal, bool as_rows, uintptr_t parallel)
+      : mx::Primitive(stream), scale_(scale), causal_(causal), as_rows_(as_rows), parallel_(parallel) {}
 
   void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
     mx::array &out = outputs[0];
@@ -257,7 +276,8 @@ class Attention : public mx::Primitive {
     const void *mask = inputs.size() == 4 ? inputs[3].data<void>() : nullptr;
     bool hides = mask && inputs[3].dtype() == mx::bool_;
     std::array<int64_t, 4> strides = mask ? broadcast_strides(inputs[3]) : std::array<int64_t, 4>{};
-    encoder.dispatch([=, out = out.data<float>(), causal = causal_, scale = scale_, as_rows = as_rows_]() {
+    encoder.dispatch([=, out = out.data<float>(), causal = causal_, scale = scale_, as_rows = as_rows_,
+                      parallel = parallel_]() {
       std::vector<float> copies[3];
       Problem p{rows_of(queries, copies[0]), rows_of(keys, copies[1]), rows_of(values, copies[2]), out,
                 (int)queries.shape[0], (int)queries.shape[1], (int)keys.shape[1], (int)queries.shape[2],
@@ -267,7 +287,7 @@ class Attention : public mx::Primitive {
         if (hides) p.hide = static_cast<const bool *>(mask);
         else p.added = static_cast<const float *>(mask);
       }
-      attend_everything(p);
+      attend_everything(p, parallel);
     });
   }
 
@@ -299,16 +319,18 @@ class Attention : public mx::Primitive {
   const char *name() const override { return "Attention"; }
   bool is_equivalent(const mx::Primitive &other) const override {
     const Attention &o = static_cast<const Attention &>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_ && as_rows_ == o.as_rows_;
+    return scale_ == o.scale_ && causal_ == o.causal_ && as_rows_ == o.as_rows_ && parallel_ == o.parallel_;
   }
 
  private:
   float scale_;
   bool causal_, as_rows_;
+  uintptr_t parallel_;
 };
 
 mx::array attention(const mx::array &queries, const mx::array &keys, const mx::array &values, float scale,
-                    const std::string &mask_mode, const std::optional<mx::array> &mask, bool as_rows) {
+                    const std::string &mask_mode, const std::optional<mx::array> &mask, bool as_rows,
+                    uintptr_t parallel) {
   bool shapes_fit = queries.ndim() == 4 && keys.ndim() == 4 && values.shape() == keys.shape() &&
                     keys.shape(0) == queries.shape(0) && keys.shape(3) == queries.shape(3) && keys.shape(1) > 0 &&
                     queries.shape(1) % keys.shape(1) == 0 && queries.shape(2) <= keys.shape(2);
@@ -330,15 +352,18 @@ mx::array attention(const mx::array &queries, const mx::array &keys, const mx::a
     inputs.push_back(*mask);
   }
   return mx::array(output_shape(queries, as_rows), mx::float32,
-                   std::make_shared<Attention>(stream, scale, mask_mode == "causal", as_rows), std::move(inputs));
+                   std::make_shared<Attention>(stream, scale, mask_mode == "causal", as_rows, parallel),
+                   std::move(inputs));
 }
 
 }  // namespace
 
 void bind_attention(nb::module_ &m) {
   m.def("attention", &attention, "queries"_a, "keys"_a, "values"_a, "scale"_a, "mask_mode"_a = "",
-        "mask"_a = nb::none(), "as_rows"_a = false,
+        "mask"_a = nb::none(), "as_rows"_a = false, "parallel"_a = 0,
         "softmax(queries @ keys.T * scale + mask) @ values on the default CPU stream, as "
         "mx.fast.scaled_dot_product_attention computes it, for float32 arrays: (B, H, L, D), or with "
-        "`as_rows` (B, L, H * D), the heads of each position side by side as an output projection takes them.");
+        "`as_rows` (B, L, H * D), the heads of each position side by side as an output projection takes them. "
+        "`parallel`: the address of the skinny-product kernel's nextterm_skinny_parallel, whose threads then "
+        "share the heads; 0 for a thread of its own on large problems only.");
 }

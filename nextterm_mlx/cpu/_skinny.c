@@ -691,7 +691,7 @@ static void vector_generic(const float *x, int depth, const float *matrix, int l
 
 static vector_fn vector_times_matrix = vector_generic;
 
-/* --- threads: the caller takes the first share, a resident worker each other ----------- */
+/* --- threads: the caller takes the first share of a job, a resident worker each other --- */
 
 /* Weights in a product below which one thread computes it alone. */
 #define MIN_SHARED_WEIGHTS 65536
@@ -699,8 +699,12 @@ static vector_fn vector_times_matrix = vector_generic;
 static int thread_count = 1;
 static pthread_once_t workers_started = PTHREAD_ONCE_INIT;
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The workers' next job: a task's parts when current_task is set, else a product's shares. */
+typedef void (*part_fn)(void *context, int part, int parts);
 static const Product *current;
-static atomic_ulong generation;  /* bumped once per product */
+static part_fn current_task;
+static void *current_context;
+static atomic_ulong generation;  /* bumped once per job */
 static atomic_int pending;       /* workers still computing it */
 static atomic_int sleepers;
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -838,6 +842,11 @@ static void *worker_main(void *arg) {
       pthread_mutex_unlock(&wake_lock);
     }
     seen = now;
+    if (current_task != NULL) {
+      current_task(current_context, index, thread_count);
+      atomic_fetch_sub(&pending, 1);
+      continue;
+    }
     int first, last;
     share(current, index, &first, &last);
     compute(current, first, last);
@@ -868,6 +877,22 @@ static void start_workers(void) {
   pthread_atfork(NULL, NULL, forked_child);
 }
 
+/* By the caller holding pool_lock, once the job is set: every worker takes it up. */
+static void hand_to_workers(void) {
+  atomic_store(&pending, thread_count - 1);
+  atomic_fetch_add(&generation, 1);
+  if (atomic_load(&sleepers) > 0) {
+    pthread_mutex_lock(&wake_lock);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&wake_lock);
+  }
+}
+
+static void wait_for_workers(void) {
+  while (atomic_load(&pending) > 0) cpu_relax();
+  pthread_mutex_unlock(&pool_lock);
+}
+
 static void run_product(const Product *p) {
   /* Small products are not worth waking anyone, and the workers serve one
    * caller at a time: should two threads multiply at once, the second
@@ -880,18 +905,31 @@ static void run_product(const Product *p) {
   pthread_once(&workers_started, start_workers);
   remember_order(p);
   current = p;
-  atomic_store(&pending, thread_count - 1);
-  atomic_fetch_add(&generation, 1);
-  if (atomic_load(&sleepers) > 0) {
-    pthread_mutex_lock(&wake_lock);
-    pthread_cond_broadcast(&wake);
-    pthread_mutex_unlock(&wake_lock);
-  }
+  current_task = NULL;
+  hand_to_workers();
   int first, last;
   share(p, 0, &first, &last);
   compute(p, first, last);
-  while (atomic_load(&pending) > 0) cpu_relax();
-  pthread_mutex_unlock(&pool_lock);
+  wait_for_workers();
+}
+
+/* Runs task(context, part, parts) for every part, part 0 on the calling
+ * thread and the others on the workers, and returns once all have run.
+ * Attention splits its heads between threads this way: the workers are the
+ * ones the products keep awake, where a thread of its own would take longer
+ * to start than a decode step's attention takes. With one thread, or the
+ * pool busy with another caller, the caller runs every part in turn. */
+void nextterm_skinny_parallel(part_fn task, void *context) {
+  if (thread_count == 1 || pthread_mutex_trylock(&pool_lock) != 0) {
+    for (int part = 0; part < thread_count; ++part) task(context, part, thread_count);
+    return;
+  }
+  pthread_once(&workers_started, start_workers);
+  current_task = task;
+  current_context = context;
+  hand_to_workers();
+  task(context, 0, thread_count);
+  wait_for_workers();
 }
 
 /* Once only: the worker pool is sized by the first call. `read_ahead`: 0

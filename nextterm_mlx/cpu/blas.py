@@ -57,6 +57,11 @@ class Products:
         """The kernel's product of float32 rows and an 8-bit weight, by address."""
         return address_of(self.kernel.nextterm_linear_q8) if self.kernel is not None else None
 
+    @property
+    def parallel_address(self) -> int:
+        """The kernel's way to run a task's parts on its threads, by address; 0 without the kernel."""
+        return address_of(self.kernel.nextterm_skinny_parallel) if self.kernel is not None else 0
+
 
 def products(settings: Settings) -> tuple[Optional[Products], str]:
     """The product function the settings ask for, or None and why not."""
@@ -112,6 +117,7 @@ def load_kernel(openblas_path: str, read_ahead: bool, avx512: bool) -> Optional[
         for counter in ("calls", "vector_calls", "gemv_calls", "read_aheads", "bf16_calls", "q8_calls"):
             getattr(kernel, f"nextterm_skinny_{counter}").restype = ctypes.c_ulong
         kernel.nextterm_skinny_read_ahead_bytes.restype = ctypes.c_long
+        kernel.nextterm_skinny_parallel.restype = None
         kernel.nextterm_skinny_avx512.restype = ctypes.c_int
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None

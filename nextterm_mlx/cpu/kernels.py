@@ -15,7 +15,9 @@ each through the fastest piece that takes it and leaves the rest to MLX:
 - what those do not take is halved over two CPU streams (two_streams.py)
   when there are enough rows for the second thread to pay;
 - the rotation is computed as tables once a forward pass and applied by
-  every layer, where MLX's CPU RoPE recomputes them in each layer.
+  every layer, where MLX's CPU RoPE recomputes them in each layer; the
+  rotated_heads primitive in _rms_norm.cpp norms and rotates a layer's
+  query or key heads in one operation.
 
 Each piece gives the same numbers as the MLX operation it stands in for:
 the products are the same BLAS calls MLX makes, the halves are independent
@@ -144,9 +146,10 @@ class CPUKernels(Kernels):
         if (self.vectorised and takes_mask(mask) and not hasattr(cache, "bits")
                 and on_cpu_in_float32(queries, keys, values)):
             try:
+                options = {"as_rows": True, "parallel": self.products.parallel_address if self.products else 0}
                 if isinstance(mask, mx.array):
-                    return self.primitives.attention(queries, keys, values, scale, mask=mask, as_rows=True)
-                return self.primitives.attention(queries, keys, values, scale, mask_mode=mask or "", as_rows=True)
+                    return self.primitives.attention(queries, keys, values, scale, mask=mask, **options)
+                return self.primitives.attention(queries, keys, values, scale, mask_mode=mask or "", **options)
             except ValueError:  # shapes it does not take, e.g. more queries than keys
                 pass
         if self.halves:
