@@ -15,6 +15,7 @@
  */
 
 #include <cmath>
+#include <functional>
 #include <stdexcept>
 #include <vector>
 
@@ -81,6 +82,17 @@ void norm_and_rotate_heads(const float *x, const float *weight, const float *cos
       }
 }
 
+/* The gradients for `argnums` of `reference`, MLX operations that compute
+ * what a primitive does, so that training goes through MLX's own. */
+std::vector<mx::array> gradients_of(const std::function<std::vector<mx::array>(const std::vector<mx::array> &)> &reference,
+                                    const std::vector<mx::array> &primals, const std::vector<mx::array> &cotangents,
+                                    const std::vector<int> &argnums) {
+  std::vector<mx::array> all = mx::vjp(reference, primals, cotangents).second;
+  std::vector<mx::array> grads;
+  for (int arg : argnums) grads.push_back(all[arg]);
+  return grads;
+}
+
 class RMSNorm : public mx::Primitive {
  public:
   RMSNorm(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
@@ -113,10 +125,7 @@ class RMSNorm : public mx::Primitive {
     auto mlx_rms_norm = [eps, s](const std::vector<mx::array> &in) {
       return std::vector<mx::array>{mx::fast::rms_norm(in[0], in[1], eps, s)};
     };
-    std::vector<mx::array> all = mx::vjp(mlx_rms_norm, primals, cotangents).second;
-    std::vector<mx::array> grads;
-    for (int arg : argnums) grads.push_back(all[arg]);
-    return grads;
+    return gradients_of(mlx_rms_norm, primals, cotangents, argnums);
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
@@ -184,10 +193,7 @@ class RotatedHeads : public mx::Primitive {
     auto by_mlx = [heads, eps, s](const std::vector<mx::array> &in) {
       return std::vector<mx::array>{rotated_heads_by_mlx(in[0], in[1], in[2], in[3], heads, eps, s)};
     };
-    std::vector<mx::array> all = mx::vjp(by_mlx, primals, cotangents).second;
-    std::vector<mx::array> grads;
-    for (int arg : argnums) grads.push_back(all[arg]);
-    return grads;
+    return gradients_of(by_mlx, primals, cotangents, argnums);
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
