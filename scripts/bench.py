@@ -509,18 +509,25 @@ def llama_cpp_missing() -> str | None:
             "(`pip install llama-cpp-python gguf`; the first builds llama.cpp from source, about 4 minutes)")
 
 
-def bench_llama_cpp(checkpoint: Path, work: Path, common: list[str], ours: dict[str, dict]) -> dict:
+def bench_llama_cpp(checkpoint: Path, work: Path, common: list[str], ours: dict[str, tuple[Path, dict]]) -> dict:
     """llama.cpp on a GGUF file of `checkpoint` of each type in `ours`, set
-    against nextterm-mlx's decode worker on the same weights (its greedy
-    tokens too)."""
+    against nextterm-mlx's decode worker on the same weights (its model
+    folder and environment in `ours`), measured just before and just after
+    llama.cpp: the machine's speed drifts over minutes, and a ratio of two
+    figures taken minutes apart would carry that drift. The greedy tokens
+    and logits are compared with the first of those runs."""
     results = {}
-    for kind, mine in ours.items():
+    for kind, (model, env) in ours.items():
         gguf_file = work / f"440m-{kind}.gguf"
-        print(f"writing the 440M-shape checkpoint as {kind.upper()} GGUF and measuring llama.cpp", file=sys.stderr)
+        print(f"writing the 440M-shape checkpoint as {kind.upper()} GGUF and measuring llama.cpp "
+              "between two runs of nextterm-mlx", file=sys.stderr)
         export = run_worker(["gguf", str(checkpoint), str(gguf_file), kind])
-        reference = {key: mine[key] for key in ("prompt_logits", "greedy_tokens")}
-        results[kind] = {**run_worker(["llamacpp", str(gguf_file), *common, json.dumps(reference)]),
-                         "gguf_bytes": export["bytes"]}
+        before = run_worker(["decode", str(model), *common], env)
+        reference = {key: before[key] for key in ("prompt_logits", "greedy_tokens")}
+        theirs = run_worker(["llamacpp", str(gguf_file), *common, json.dumps(reference)])
+        after = run_worker(["decode", str(model), *common], env)
+        around = {key: [run[key] for run in (before, after)] for key in ("decode_tok_s", "prefill_seconds")}
+        results[kind] = {**theirs, "gguf_bytes": export["bytes"], "nextterm_around": around}
     return results
 
 
@@ -564,7 +571,8 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     print("measuring nextterm-mlx with 8-bit weights", file=sys.stderr)
     eight_bit = run_worker(["decode", str(mlx_440m_q8), *common])
     llama_cpp = None if without_llama_cpp else bench_llama_cpp(
-        checkpoints["440m"], work, common, {"f32": widened, "bf16": as_stored, "q8_0": eight_bit})
+        checkpoints["440m"], work, common,
+        {"f32": (mlx_440m, {"NEXTTERM_MLX_STORED_WEIGHTS": "0"}), "bf16": (mlx_440m, {}), "q8_0": (mlx_440m_q8, {})})
     print("measuring the overhead-bound proxy", file=sys.stderr)
     proxy = run_worker(["proxy", str(mlx_proxy), json.dumps(prompts), str(repeats), "200"])
     print("measuring speculative decoding on the tiny model", file=sys.stderr)
@@ -615,7 +623,7 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
                                           ours["eval_b8"]["sequences_per_second"]),
         "eval_vs_transformers_bf16": ratio(ours["eval_b32"]["sequences_per_second"],
                                            torch_bf16["eval_sequences_per_second"]),
-        **llama_cpp_ratios(llama_cpp, as_stored, eight_bit, widened),
+        **llama_cpp_ratios(llama_cpp),
         "speculative_speedup_tiny": ratio(speculation["plain_decode_seconds"],
                                           speculation["speculative_decode_seconds"]),
         # A projection, not a measurement: tokens per verifying pass, each
@@ -628,15 +636,20 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     return report
 
 
-def llama_cpp_ratios(llama_cpp: dict | None, bf16: dict, q8: dict, f32: dict) -> dict:
-    """nextterm-mlx over llama.cpp as speed, on the same weights; none without llama.cpp."""
+def llama_cpp_ratios(llama_cpp: dict | None) -> dict:
+    """nextterm-mlx over llama.cpp as speed, on the same weights, from the
+    mean of nextterm-mlx's runs around llama.cpp's; none without llama.cpp."""
     if not llama_cpp:
         return {}
+
+    def ours(kind: str, key: str) -> float:
+        return statistics.mean(llama_cpp[kind]["nextterm_around"][key])
+
     return {
-        "decode_bf16_vs_llamacpp_bf16": ratio(bf16["decode_tok_s"], llama_cpp["bf16"]["decode_tok_s"]),
-        "decode_q8_vs_llamacpp_q8": ratio(q8["decode_tok_s"], llama_cpp["q8_0"]["decode_tok_s"]),
-        "decode_f32_vs_llamacpp_f32": ratio(f32["decode_tok_s"], llama_cpp["f32"]["decode_tok_s"]),
-        "prefill_vs_llamacpp_bf16": ratio(llama_cpp["bf16"]["prefill_seconds"], bf16["prefill_seconds"]),
+        "decode_bf16_vs_llamacpp_bf16": ratio(ours("bf16", "decode_tok_s"), llama_cpp["bf16"]["decode_tok_s"]),
+        "decode_q8_vs_llamacpp_q8": ratio(ours("q8_0", "decode_tok_s"), llama_cpp["q8_0"]["decode_tok_s"]),
+        "decode_f32_vs_llamacpp_f32": ratio(ours("f32", "decode_tok_s"), llama_cpp["f32"]["decode_tok_s"]),
+        "prefill_vs_llamacpp_bf16": ratio(llama_cpp["bf16"]["prefill_seconds"], ours("bf16", "prefill_seconds")),
     }
 
 
