@@ -717,23 +717,24 @@ def markdown(report: dict) -> str:
 
 
 def llama_cpp_table(report: dict) -> list[str]:
-    ours = {"f32": report["nextterm_weights_widened"], "bf16": report["nextterm_weights_as_stored"],
-            "q8_0": report["nextterm_weights_8bit"]}
     theirs = report["llama_cpp"]
     lines = [
         f"Side by side with llama.cpp (llama-cpp-python {theirs['bf16']['llama_cpp_python']}, "
         f"{theirs['bf16']['n_threads']} threads, context {theirs['bf16']['n_ctx']}), the same "
-        f"{theirs['bf16']['prompt_tokens']}-token prompt; nextterm-mlx 8-bit is affine, group 64.",
+        f"{theirs['bf16']['prompt_tokens']}-token prompt; nextterm-mlx 8-bit is affine, group 64. nextterm-mlx's "
+        "figures are its runs just before and just after llama.cpp's, and their mean.",
         "",
         "| weights | nextterm-mlx prefill (s) | llama.cpp prefill (s) | nextterm-mlx decode tok/s | "
         "llama.cpp decode tok/s | first greedy tokens equal | logits after the prompt, largest difference |",
         "|---|---|---|---|---|---|---|",
     ]
     for kind, name in (("f32", "float32 / F32"), ("bf16", "bfloat16 / BF16"), ("q8_0", "8-bit / Q8_0")):
-        agreement = theirs[kind]["agreement"]
-        lines.append(f"| {name} | {ours[kind]['prefill_seconds']:.2f} | {theirs[kind]['prefill_seconds']:.2f} | "
-                     f"{ours[kind]['decode_tok_s']:.1f} | {theirs[kind]['decode_tok_s']:.1f} | "
-                     f"{agreement['leading_tokens_equal']} of {agreement['compared']} | "
+        agreement, ours = theirs[kind]["agreement"], theirs[kind]["nextterm_around"]
+        prefill = " and ".join(f"{s:.2f}" for s in ours["prefill_seconds"])
+        decode = " and ".join(f"{r:.1f}" for r in ours["decode_tok_s"])
+        lines.append(f"| {name} | {prefill} ({statistics.mean(ours['prefill_seconds']):.2f}) | "
+                     f"{theirs[kind]['prefill_seconds']:.2f} | {decode} ({statistics.mean(ours['decode_tok_s']):.1f}) | "
+                     f"{theirs[kind]['decode_tok_s']:.1f} | {agreement['leading_tokens_equal']} of {agreement['compared']} | "
                      f"{agreement['prompt_logits_max_abs_diff']:.3f} of {agreement['prompt_logits_max_abs']:.1f} |")
     return lines + [""]
 
