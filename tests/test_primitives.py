@@ -325,7 +325,7 @@ def test_rotated_heads_match_float64(batch, length, heads, width, first_position
 
 
 @vectorised
-def test_rotated_heads_are_mlx_rope_of_mlx_rms_norm_bit_for_bit():
+def test_rotated_heads_are_mlx_rope_of_the_rms_norm_primitive_bit_for_bit():
     """With the norm's sum order aside (the same per row as the RMSNorm
     primitive's), the rotation rounds each product and sum as mlx.nn.RoPE."""
     rope = nn.RoPE(128, base=1e6)

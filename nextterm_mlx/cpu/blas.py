@@ -24,7 +24,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Optional
 
 from ..settings import Settings
@@ -41,23 +41,25 @@ OPENBLAS_CANDIDATES = (
 
 @dataclass(frozen=True)
 class Products:
-    """A cblas_sgemm-compatible function, by address, and what it is."""
+    """A cblas_sgemm-compatible function, by address, and what it is. The
+    kernel's addresses are looked up once: the model asks for them at every
+    product of every forward pass."""
 
     address: int
     description: str
     kernel: Optional[ctypes.CDLL]  # the skinny-product kernel, when it is in front
 
-    @property
+    @cached_property
     def bf16_address(self) -> Optional[int]:
         """The kernel's product of float32 rows and a bfloat16 weight, by address."""
         return address_of(self.kernel.nextterm_linear_bf16) if self.kernel is not None else None
 
-    @property
+    @cached_property
     def q8_address(self) -> Optional[int]:
         """The kernel's product of float32 rows and an 8-bit weight, by address."""
         return address_of(self.kernel.nextterm_linear_q8) if self.kernel is not None else None
 
-    @property
+    @cached_property
     def parallel_address(self) -> int:
         """The kernel's way to run a task's parts on its threads, by address; 0 without the kernel."""
         return address_of(self.kernel.nextterm_skinny_parallel) if self.kernel is not None else 0

@@ -85,6 +85,8 @@ class CPUKernels(Kernels):
         else:
             self.primitives_described = "MLX's (nextterm-mlx's are written for x86-64 CPUs with AVX2 and FMA)"
         self.halves = settings.two_streams
+        # The kernel's threads, for attention to share its heads with.
+        self.parallel = self.products.parallel_address if self.products is not None else 0
 
     def reads_stored(self, layer: nn.Module) -> bool:
         """Whether the layer's weight can stay as stored for float32 inputs:
@@ -146,7 +148,7 @@ class CPUKernels(Kernels):
         if (self.vectorised and takes_mask(mask) and not hasattr(cache, "bits")
                 and on_cpu_in_float32(queries, keys, values)):
             try:
-                options = {"as_rows": True, "parallel": self.products.parallel_address if self.products else 0}
+                options = {"as_rows": True, "parallel": self.parallel}
                 if isinstance(mask, mx.array):
                     return self.primitives.attention(queries, keys, values, scale, mask=mask, **options)
                 return self.primitives.attention(queries, keys, values, scale, mask_mode=mask or "", **options)
@@ -200,12 +202,13 @@ class TableRotation:
 
     def __init__(self, rope: nn.RoPE, offset: Any, cosines: mx.array, sines: mx.array):
         self.rope, self.offset, self.cosines, self.sines = rope, offset, cosines, sines
+        # As the halves of a head, made once for every layer that rotates without the primitive.
+        length, half = cosines.shape[0], rope.dims // 2
+        self.halves_cos, self.halves_sin = cosines.reshape(length, 2, half), sines.reshape(length, 2, half)
 
     def __call__(self, x: mx.array) -> mx.array:
         *leading, dims = x.shape
         if dims != self.rope.dims:
             return self.rope(x, offset=self.offset)
-        length, half = self.cosines.shape[0], dims // 2
-        halves = x.reshape(*leading, 2, half)
-        cos, sin = self.cosines.reshape(length, 2, half), self.sines.reshape(length, 2, half)
-        return (halves * cos + halves[..., ::-1, :] * sin).reshape(*leading, dims)
+        halves = x.reshape(*leading, 2, dims // 2)
+        return (halves * self.halves_cos + halves[..., ::-1, :] * self.halves_sin).reshape(*leading, dims)
