@@ -255,6 +255,7 @@ Q8_PRODUCTS = {
     "one row, one group, ragged outputs": ((1, 64), 7),
     "one row, threaded (about the 440M shape's up projection)": ((1, 1024), 3072),
     "four rows, threaded": ((4, 3072), 1027),
+    "three rows, groups past a multiple of sixteen": ((3, 1600), 130),
     "as many rows as the kernel takes": ((MAX_ROWS, 1024), 515),
     "more rows, dequantized for OpenBLAS": ((MAX_ROWS + 36, 1024), 512),
 }

@@ -525,11 +525,18 @@ __attribute__((target("avx2,fma"))) static void q8_columns_avx2(const Product *p
  * each row is widened once and multiplied with every input row, and the
  * input's group is loaded once for all Q8_ROWS. A group of 64 bytes is one
  * cache line, so each step asks for one line of each row PREFETCH_BLOCKS
- * blocks ahead. Each output's sums go in the same order whatever the number
- * of input rows, so a row's outputs are the same numbers alone as in a batch.
- * `rows` is a constant where it is 1, so that a decode step's sums stay in
- * registers. */
+ * blocks ahead. The groups' biases times the input's group sums are added
+ * sixteen groups at a time, lane by lane: summed one by one, they cost a
+ * shallow weight's row nearly as much as its products. Each output's sums
+ * go in the same order whatever the number of input rows, so a row's
+ * outputs are the same numbers alone as in a batch. `rows` is a constant
+ * where it is 1, so that a decode step's sums stay in registers. */
 #define Q8_ROWS 4
+
+/* Floats [0, count) of `values`, zeros after (count at most 16), not read past count. */
+__attribute__((target("avx512f,avx2,fma"))) INLINE __m512 load_up_to_16(const float *values, int count) {
+  return _mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), values);
+}
 
 __attribute__((target("avx512f,avx2,fma"))) INLINE void q8_wide_body(const Product *p, int first, int last, int rows) {
   int groups = p->depth / GROUP;
@@ -537,11 +544,12 @@ __attribute__((target("avx512f,avx2,fma"))) INLINE void q8_wide_body(const Produ
     int width = last - n < Q8_ROWS ? last - n : Q8_ROWS;
     int has_ahead = n + (PREFETCH_BLOCKS + 1) * Q8_ROWS <= last;
     const uint8_t *q[Q8_ROWS];
-    const float *scales[Q8_ROWS];
+    const float *scales[Q8_ROWS], *biases[Q8_ROWS];
     for (int j = 0; j < Q8_ROWS; ++j) {
       int row = n + (j < width ? j : 0);
       q[j] = (const uint8_t *)p->w + (size_t)row * p->ldw;
       scales[j] = p->scales + (size_t)row * groups;
+      biases[j] = p->biases + (size_t)row * groups;
     }
     __m512 totals[MAX_ROWS][Q8_ROWS];
     for (int m = 0; m < rows; ++m)
@@ -568,13 +576,16 @@ __attribute__((target("avx512f,avx2,fma"))) INLINE void q8_wide_body(const Produ
         }
       }
     }
-    for (int m = 0; m < rows; ++m)
-      for (int j = 0; j < width; ++j) {
-        const float *biases = p->biases + (size_t)(n + j) * groups, *sums = p->group_sums + (size_t)m * groups;
-        float offset = 0.0f;
-        for (int g = 0; g < groups; ++g) offset += biases[g] * sums[g];
-        store(p, m, n + j, _mm512_reduce_add_ps(totals[m][j]) + offset);
+    for (int m = 0; m < rows; ++m) {
+      const float *sums = p->group_sums + (size_t)m * groups;
+      for (int g = 0; g < groups; g += 16) {
+        int count = groups - g < 16 ? groups - g : 16;
+        __m512 group_sums = load_up_to_16(sums + g, count);
+        for (int j = 0; j < Q8_ROWS; ++j)
+          totals[m][j] = _mm512_fmadd_ps(load_up_to_16(biases[j] + g, count), group_sums, totals[m][j]);
       }
+      for (int j = 0; j < width; ++j) store(p, m, n + j, _mm512_reduce_add_ps(totals[m][j]));
+    }
   }
 }
 
