@@ -250,15 +250,16 @@ std::array<int64_t, 4> broadcast_strides(const mx::array &mask) {
   return strides;
 }
 
-/* (batch, heads, length, dim) as (batch, length, heads * dim). */
-mx::array as_rows(const mx::array &by_head, mx::Stream s) {
-  mx::array by_position = mx::transpose(by_head, {0, 2, 1, 3}, s);
-  return mx::reshape(by_position, {by_head.shape(0), by_head.shape(2), by_head.shape(1) * by_head.shape(3)}, s);
-}
-
+/* The output's shape for queries (batch, heads, length, dim): theirs, or by position
+ * (batch, length, heads * dim). */
 mx::Shape output_shape(const mx::array &queries, bool as_rows) {
   if (!as_rows) return queries.shape();
   return {queries.shape(0), queries.shape(2), queries.shape(1) * queries.shape(3)};
+}
+
+/* (batch, heads, length, dim) as (batch, length, heads * dim). */
+mx::array as_rows(const mx::array &by_head, mx::Stream s) {
+  return mx::reshape(mx::transpose(by_head, {0, 2, 1, 3}, s), output_shape(by_head, true), s);
 }
 
 class Attention : public mx::Primitive {

@@ -149,6 +149,11 @@ mx::array rms_norm(const mx::array &x, const mx::array &weight, float eps) {
   return mx::array(x.shape(), mx::float32, std::make_shared<RMSNorm>(stream, eps), std::vector<mx::array>{x, weight});
 }
 
+/* rotated_heads's output for x (batch, length, heads * width): (batch, heads, length, width). */
+mx::Shape heads_first(const mx::array &x, int heads) {
+  return {x.shape(0), heads, x.shape(1), x.shape(2) / heads};
+}
+
 /* rotated_heads's operations as MLX's: the reference its gradients are taken from. */
 mx::array rotated_heads_by_mlx(const mx::array &x, const mx::array &weight, const mx::array &cosines,
                                const mx::array &sines, int heads, float eps, mx::Stream s) {
@@ -197,8 +202,7 @@ class RotatedHeads : public mx::Primitive {
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
-    const mx::array &x = inputs[0];
-    return {{x.shape(0), heads_, x.shape(1), x.shape(2) / heads_}};
+    return {heads_first(inputs[0], heads_)};
   }
 
   const char *name() const override { return "RotatedHeads"; }
@@ -224,7 +228,7 @@ mx::array rotated_heads(const mx::array &x, const mx::array &weight, const mx::a
         "[rotated_heads] takes float32 x (batch, length, heads * width), weight (width) with width even, and "
         "cosines and sines (length, width)");
   mx::Stream stream = mx::default_stream(mx::Device::cpu);
-  return mx::array({x.shape(0), heads, x.shape(1), width}, mx::float32,
+  return mx::array(heads_first(x, heads), mx::float32,
                    std::make_shared<RotatedHeads>(stream, heads, eps), std::vector<mx::array>{x, weight, cosines, sines});
 }
 
