@@ -64,7 +64,7 @@ int nextterm_skinny_max_rows(void) { return MAX_ROWS; }
 
 /* The weights' element type: float32, or bfloat16 (how a model's weights
  * are stored), widened to float32 as it is loaded. Widening is exact and
- * the same code multiplies and adds in the same order for both, so a
+ * every kernel multiplies and adds in the same order for both, so a
  * bfloat16 product gives bit for bit the float32 product of the widened
  * weights, while reading half the bytes. */
 enum { F32, BF16, Q8 };
@@ -230,29 +230,48 @@ INLINE void chunk_block(const float *const a[INPUT_BLOCK], const void *const w[W
   sums[3][0] = s30, sums[3][1] = s31, sums[3][2] = s32;
 }
 
+/* How the float32 one-row kernel (rows_in_turn_body) reads ahead. The
+ * hardware prefetcher streams a row once it is being read, but does not
+ * cross into the next page, where each row of the 440M model starts: while
+ * the kernel reads a weight row, it asks for a line of the row ROWS_AHEAD
+ * further on every PREFETCH_SPACING lines, and that row is on its way
+ * before it is read. */
+#define ROWS_AHEAD 4
+#define PREFETCH_SPACING 16
+
 /* One output of a product, its depths summed in the order every kernel of
  * eight-float vectors sums them, so that an output is the same number
  * whichever kernel computes it: eight running sums over the depth, added up
- * by sum8, then the depths past the last whole vector one at a time. */
-INLINE float dot(const float *a, const void *w, int depth, int type) {
+ * by sum8, then the depths past the last whole vector one at a time. Unless
+ * `ahead` is NULL, it also asks for that row as PREFETCH_SPACING says. */
+INLINE float dot(const float *a, const void *w, const void *ahead, int depth, int type) {
   v8 sum = {0};
   int k = 0;
-  for (; k + 8 <= depth; k += 8) sum += load8(a + k) * load_weights8(w, k, type);
+  for (; k + 8 <= depth; k += 8) {
+    if (ahead != NULL && k % (PREFETCH_SPACING * line_elements(type)) == 0)
+      __builtin_prefetch(element(ahead, k, type), 0, 2);
+    sum += load8(a + k) * load_weights8(w, k, type);
+  }
   return add_tail(a, w, k, depth, sum8(&sum), type);
 }
 
 /* The same with sixteen running sums, the order of the AVX-512 kernels. */
-INLINE float dot16(const float *a, const void *w, int depth, int type) {
+INLINE float dot16(const float *a, const void *w, const void *ahead, int depth, int type) {
   v16 sum = {0};
   int k = 0;
-  for (; k + 16 <= depth; k += 16) sum += load16(a + k) * load_weights16(w, k, type);
+  for (; k + 16 <= depth; k += 16) {
+    if (ahead != NULL && k % (PREFETCH_SPACING * line_elements(type)) == 0)
+      __builtin_prefetch(element(ahead, k, type), 0, 2);
+    sum += load16(a + k) * load_weights16(w, k, type);
+  }
   return add_tail(a, w, k, depth, sum16(&sum), type);
 }
 
-/* Weight rows per step of the one-row kernel. */
+/* Weight rows per step of the one-row kernel for bfloat16 weights. */
 #define ROW_BLOCK 4
 
-/* columns_body for one input row (a decode step of one sequence): a dot
+/* columns_body for one input row (a decode step of one sequence) of
+ * bfloat16 weights (float32 ones take rows_in_turn_body below): a dot
  * product per output, the input row in L1, the weight rows PREFETCH_BLOCKS
  * blocks ahead prefetched into L2, as in the multi-row kernel: it streams
  * the weights faster than OpenBLAS's sgemv. */
@@ -277,7 +296,7 @@ INLINE void one_row_body(const Product *p, int first, int last, int type) {
     float totals[ROW_BLOCK] = {sum8(&s0), sum8(&s1), sum8(&s2), sum8(&s3)};
     for (int j = 0; j < ROW_BLOCK; ++j) store_with_tail(p, 0, n + j, totals[j], vector_depth, type);
   }
-  for (; n < last; ++n) store(p, 0, n, dot(x, weight_row(p, n, type), p->depth, type));
+  for (; n < last; ++n) store(p, 0, n, dot(x, weight_row(p, n, type), NULL, p->depth, type));
 }
 
 /* Output columns [first, last) for every input row. Each block of weight
@@ -317,7 +336,7 @@ INLINE void columns_body(const Product *p, int first, int last, int type) {
   }
   for (; n < last; ++n)
     for (int m = 0; m < p->rows; ++m)
-      store(p, m, n, dot(p->a + (size_t)m * p->lda, weight_row(p, n, type), p->depth, type));
+      store(p, m, n, dot(p->a + (size_t)m * p->lda, weight_row(p, n, type), NULL, p->depth, type));
 }
 
 /* A kernel for each weight type, from one body: `type` is a constant in each. */
@@ -431,7 +450,7 @@ INLINE void one_row_wide_body(const Product *p, int first, int last, int type) {
     float totals[ROW_BLOCK] = {sum16(&s0), sum16(&s1), sum16(&s2), sum16(&s3)};
     for (int j = 0; j < ROW_BLOCK; ++j) store_with_tail(p, 0, n + j, totals[j], vector_depth, type);
   }
-  for (; n < last; ++n) store(p, 0, n, dot16(x, weight_row(p, n, type), p->depth, type));
+  for (; n < last; ++n) store(p, 0, n, dot16(x, weight_row(p, n, type), NULL, p->depth, type));
 }
 
 INLINE void avx512_body(const Product *p, int first, int last, int type) {
@@ -452,6 +471,43 @@ static void columns_generic(const Product *p, int first, int last) {
 }
 
 static void (*columns)(const Product *, int, int) = columns_generic;
+
+/* --- one row of float32 weights: the weight rows in turn ------------------------------- */
+
+/* A one-row product of float32 weights is bound by memory, and reading its
+ * weight rows one after another, each front to back, lets the hardware
+ * prefetcher stream them; rows read side by side, as the kernels above read
+ * them, come from memory more slowly. One chain of multiply-adds a row
+ * keeps up with memory for float32 weights. Bfloat16 ones, widened as they
+ * are loaded, need the kernels above's four chains, and stay there. Each
+ * output sums in the kernels above's order, so the numbers are theirs.
+ * These are functions of their own: inlined into the kernels above, the
+ * loop made the compiler spill a register in their bfloat16 loop. */
+INLINE void rows_in_turn_body(const Product *p, int first, int last, int lanes) {
+  for (int n = first; n < last; ++n) {
+    const float *w = weight_row(p, n, F32);
+    const void *ahead = n + ROWS_AHEAD < last ? weight_row(p, n + ROWS_AHEAD, F32) : NULL;
+    store(p, 0, n, lanes == 16 ? dot16(p->a, w, ahead, p->depth, F32) : dot(p->a, w, ahead, p->depth, F32));
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static void rows_in_turn_avx2(const Product *p, int first,
+                                                                  int last) {
+  rows_in_turn_body(p, first, last, 8);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void rows_in_turn_avx512(const Product *p,
+                                                                            int first, int last) {
+  rows_in_turn_body(p, first, last, 16);
+}
+#endif
+
+static void rows_in_turn_generic(const Product *p, int first, int last) {
+  rows_in_turn_body(p, first, last, 8);
+}
+
+static void (*rows_in_turn)(const Product *, int, int) = rows_in_turn_generic;
 
 /* --- 8-bit affine weights: w = scale * q + bias for each group of GROUP depths ------------ */
 
@@ -626,6 +682,8 @@ static void compute(const Product *p, int first, int last) {
     widen_rows(p, first, last);
   else if (p->type == Q8)
     q8_columns(p, first, last);
+  else if (p->type == F32 && p->rows == 1)
+    rows_in_turn(p, first, last);
   else
     columns(p, first, last);
 }
@@ -657,7 +715,7 @@ INLINE void vector_body(const float *x, int depth, const float *matrix, int ld,
     if (rows_are_columns) {
       for (int j = 0; j < width; ++j) {
         const float *column = matrix + (size_t)(first + j) * ld;
-        sums[j] = lanes == 16 ? dot16(x, column, depth, F32) : dot(x, column, depth, F32);
+        sums[j] = lanes == 16 ? dot16(x, column, NULL, depth, F32) : dot(x, column, NULL, depth, F32);
       }
     } else {
       for (int j = 0; j < width; ++j) sums[j] = 0.0f;
@@ -955,11 +1013,13 @@ void nextterm_skinny_init(sgemm_fn sgemm, sgemv_fn sgemv, int threads, int read_
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     columns = columns_avx2;
+    rows_in_turn = rows_in_turn_avx2;
     vector_times_matrix = vector_avx2;
     q8_columns = q8_columns_avx2;
   }
   if (avx512 && __builtin_cpu_supports("avx512f") && columns == columns_avx2) {
     columns = columns_avx512;
+    rows_in_turn = rows_in_turn_avx512;
     vector_times_matrix = vector_avx512;
     q8_columns = q8_columns_avx512;
   }
