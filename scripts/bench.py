@@ -44,6 +44,8 @@ from scripts.timing import median_time  # noqa: E402
 EVAL_NEW_TOKENS = 8
 # Terms each batch-1 decode round asks for, from the prompt, on both sides.
 TERMS_PER_ROUND = 10
+# Turns of nextterm-mlx's and llama.cpp's decode, alternated, for each weight type.
+DECODE_TURNS = 6
 # Drafted tokens per verifying forward pass whose cost is set against one decode step.
 VERIFY_SIZES = (2, 4, 8)
 
@@ -162,12 +164,69 @@ def decode_context(prompt_tokens: int, new_tokens: int) -> int:
     return prompt_tokens + TERMS_PER_ROUND * new_tokens
 
 
+class LlamaCppRounds:
+    """llama.cpp (llama-cpp-python) on a GGUF file of the same checkpoint,
+    driven as worker_decode drives nextterm-mlx: the same prompt ids, its
+    prefill alone, then greedy rounds of TERMS_PER_ROUND terms from the
+    prompt's cache that stop where nextterm-mlx's stop, on every core."""
+
+    def __init__(self, gguf_path: str, prompts: dict, new_tokens: int):
+        import llama_cpp
+
+        from nextterm_mlx.vocab import encode_prompt
+
+        self.prompt, self.new_tokens = encode_prompt(prompts["single"]), new_tokens
+        cores = usable_cores()
+        self.llm = llama_cpp.Llama(gguf_path, n_ctx=decode_context(len(self.prompt), new_tokens),
+                                   n_batch=len(self.prompt), n_threads=cores, n_threads_batch=cores, verbose=False)
+        self.prefill()  # warm-up: reads the mapped file in
+        self.first = self.greedy()
+
+    def last_logits(self):
+        import numpy as np
+        import llama_cpp
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+
+    def greedy(self) -> int:
+        import numpy as np
+
+        return int(np.argmax(self.last_logits()))
+
+    def prefill(self):
+        self.llm.reset()
+        self.llm.eval(self.prompt)
+
+    def decode_round(self) -> tuple[list[int], int, float]:
+        """The round's tokens, the one-token passes it fed and their seconds.
+        nextterm-mlx feeds as many tokens as it generates (its pipelined loop
+        feeds one past the last; the first comes from the prefill), so its
+        tokens/s is one pass's rate, as passes/s is here."""
+        self.llm.n_tokens = len(self.prompt)  # the next eval drops the cache past the prompt
+        stops, tokens, token = RoundStop(self.new_tokens), [], self.first
+        started = time.perf_counter()
+        while True:
+            tokens.append(token)
+            if stops.add(token):
+                break
+            self.llm.eval([token])
+            token = self.greedy()
+        return tokens, len(tokens) - 1, time.perf_counter() - started
+
+    def decode_rate(self, tokens: int) -> float:
+        passes, seconds = 0, 0.0
+        while passes < tokens:
+            _, round_passes, round_seconds = self.decode_round()
+            if round_passes == 0:
+                raise RuntimeError("the first token after the prompt ends every round: no decode step to time")
+            passes, seconds = passes + round_passes, seconds + round_seconds
+        return passes / seconds
+
+
 def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int,
                     reference: dict | None = None) -> dict:
-    """llama.cpp (llama-cpp-python) on a GGUF file of the same checkpoint,
-    measured as worker_decode measures nextterm-mlx: the same prompt ids,
-    its prefill alone, then greedy rounds of TERMS_PER_ROUND terms from the
-    prompt's cache that stop where nextterm-mlx's stop, on every core.
+    """llama.cpp's prefill and decode (LlamaCppRounds), measured as
+    worker_decode measures nextterm-mlx.
 
     With `reference` (worker_decode's prompt_logits and greedy_tokens), how
     far the logits after the prompt are from nextterm-mlx's, and how many of
@@ -176,58 +235,16 @@ def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int
     import numpy as np
     import llama_cpp
 
-    from nextterm_mlx.vocab import encode_prompt
-
-    prompt = encode_prompt(prompts["single"])
+    rounds = LlamaCppRounds(gguf_path, prompts, new_tokens)
+    llm, prompt = rounds.llm, rounds.prompt
+    prefill_seconds = median_time(rounds.prefill, repeats)
+    prompt_logits = rounds.last_logits().copy()
+    rounds.decode_rate(new_tokens)
+    greedy_tokens = rounds.decode_round()[0]
     cores = usable_cores()
-    llm = llama_cpp.Llama(gguf_path, n_ctx=decode_context(len(prompt), new_tokens), n_batch=len(prompt),
-                          n_threads=cores, n_threads_batch=cores, verbose=False)
-
-    def last_logits() -> np.ndarray:
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
-
-    def greedy() -> int:
-        return int(np.argmax(last_logits()))
-
-    def prefill():
-        llm.reset()
-        llm.eval(prompt)
-
-    prefill()  # warm-up: reads the mapped file in
-    prefill_seconds = median_time(prefill, repeats)
-    prompt_logits = last_logits().copy()
-    first = greedy()
-
-    def decode_round() -> tuple[list[int], int, float]:
-        """The round's tokens, the one-token passes it fed and their seconds.
-        nextterm-mlx feeds as many tokens as it generates (its pipelined loop
-        feeds one past the last; the first comes from the prefill), so its
-        tokens/s is one pass's rate, as passes/s is here."""
-        llm.n_tokens = len(prompt)  # the next eval drops the cache past the prompt
-        stops, tokens, token = RoundStop(new_tokens), [], first
-        started = time.perf_counter()
-        while True:
-            tokens.append(token)
-            if stops.add(token):
-                break
-            llm.eval([token])
-            token = greedy()
-        return tokens, len(tokens) - 1, time.perf_counter() - started
-
-    def decode_rate(tokens: int) -> float:
-        passes, seconds = 0, 0.0
-        while passes < tokens:
-            _, round_passes, round_seconds = decode_round()
-            if round_passes == 0:
-                raise RuntimeError("the first token after the prompt ends every round: no decode step to time")
-            passes, seconds = passes + round_passes, seconds + round_seconds
-        return passes / seconds
-
-    decode_rate(new_tokens)
-    greedy_tokens = decode_round()[0]
     result = {"llama_cpp_python": llama_cpp.__version__, "n_ctx": llm.n_ctx(), "n_threads": cores,
               "prompt_tokens": len(prompt), "prefill_seconds": prefill_seconds,
-              "decode_tok_s": statistics.median(decode_rate(4 * new_tokens) for _ in range(repeats)),
+              "decode_tok_s": statistics.median(rounds.decode_rate(4 * new_tokens) for _ in range(repeats)),
               "peak_rss_gb": peak_memory_bytes() / 2**30, "greedy_tokens": greedy_tokens}
     if reference is not None:
         reference_tokens, reference_logits = reference["greedy_tokens"], np.array(reference["prompt_logits"])
@@ -237,6 +254,30 @@ def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int
                                "prompt_logits_max_abs_diff": float(np.abs(prompt_logits - reference_logits).max()),
                                "prompt_logits_max_abs": float(np.abs(reference_logits).max())}
     return result
+
+
+def serve_turns(decode_rate) -> None:
+    """Answers each line on stdin with one decode measurement, tokens/s, for
+    alternate_turns: the worker stays loaded, so no turn pays for a load."""
+    print(json.dumps("ready"), flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(decode_rate()), flush=True)
+
+
+def worker_decode_turns(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> None:
+    """worker_decode's decode measurement, once a turn."""
+    import nextterm_mlx
+
+    predictor = nextterm_mlx.load(model_path, dtype="float32", max_new_tokens=new_tokens)
+    batch1_decode_rate(predictor, prompts["single"], new_tokens)
+    serve_turns(lambda: batch1_decode_rate(predictor, prompts["single"], 4 * new_tokens))
+
+
+def worker_llamacpp_turns(gguf_path: str, prompts: dict, repeats: int, new_tokens: int) -> None:
+    """worker_llamacpp's decode measurement, once a turn."""
+    rounds = LlamaCppRounds(gguf_path, prompts, new_tokens)
+    rounds.decode_rate(new_tokens)
+    serve_turns(lambda: rounds.decode_rate(4 * new_tokens))
 
 
 def worker_nextterm(model_path: str, prompts: dict, repeats: int, new_tokens: int) -> dict:
@@ -440,9 +481,10 @@ def usable_cores() -> int:
 
 # The workers that run nextterm-mlx, tuned as the command line is; the proxy's
 # mlx-lm baseline shares its process, on arrays too small for the tuning to touch.
-OUR_WORKERS = {"nextterm", "decode", "proxy", "speculation"}
+OUR_WORKERS = {"nextterm", "decode", "decode_turns", "proxy", "speculation"}
 WORKERS = {"mlx_lm": worker_mlx_lm, "nextterm": worker_nextterm, "decode": worker_decode, "proxy": worker_proxy,
-           "speculation": worker_speculation, "llamacpp": worker_llamacpp}
+           "speculation": worker_speculation, "llamacpp": worker_llamacpp, "decode_turns": worker_decode_turns,
+           "llamacpp_turns": worker_llamacpp_turns}
 
 
 # --- orchestrator --------------------------------------------------------------------------
@@ -453,6 +495,40 @@ def run_worker(args: list[str], env: dict | None = None) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker {args[0]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alternate_turns(ours: list[str], ours_env: dict, theirs: list[str], turns: int) -> dict:
+    """Decode tokens/s of nextterm-mlx's worker `ours` and llama.cpp's
+    `theirs`, turn by turn: both stay loaded and decode in alternation, and
+    which goes first alternates too. The machine's speed drifts within
+    seconds, and a turn's two figures are seconds apart, where the runs
+    around llama.cpp's are a minute apart."""
+    with tempfile.TemporaryFile("w+") as errors:
+        workers = [subprocess.Popen([sys.executable, __file__, "--worker", *args], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=errors, text=True, env={**os.environ, **env})
+                   for args, env in ((ours, ours_env), (theirs, {}))]
+
+        def answer(worker: subprocess.Popen):
+            line = worker.stdout.readline()
+            if not line:
+                errors.seek(0)
+                raise RuntimeError(f"benchmark worker {worker.args[3]} stopped:\n{errors.read()[-3000:]}")
+            return json.loads(line)
+
+        try:
+            for worker in workers:
+                answer(worker)  # "ready"
+            rates = [[], []]
+            for turn in range(turns):
+                for side in (0, 1) if turn % 2 == 0 else (1, 0):
+                    workers[side].stdin.write("go\n")
+                    workers[side].stdin.flush()
+                    rates[side].append(answer(workers[side]))
+        finally:
+            for worker in workers:
+                worker.stdin.close()
+                worker.wait()
+    return {"nextterm_decode_tok_s": rates[0], "llama_cpp_decode_tok_s": rates[1]}
 
 
 def run_reference(checkpoint: Path, dtype: str, prompts_file: Path, repeats: int, new_tokens: int,
@@ -515,7 +591,8 @@ def bench_llama_cpp(checkpoint: Path, work: Path, common: list[str], ours: dict[
     folder and environment in `ours`), measured just before and just after
     llama.cpp: the machine's speed drifts over minutes, and a ratio of two
     figures taken minutes apart would carry that drift. The greedy tokens
-    and logits are compared with the first of those runs."""
+    and logits are compared with the first of those runs. Then both decode
+    in alternated turns (alternate_turns), for the decode ratios."""
     results = {}
     for kind, (model, env) in ours.items():
         gguf_file = work / f"440m-{kind}.gguf"
@@ -527,7 +604,9 @@ def bench_llama_cpp(checkpoint: Path, work: Path, common: list[str], ours: dict[
         theirs = run_worker(["llamacpp", str(gguf_file), *common, json.dumps(reference)])
         after = run_worker(["decode", str(model), *common], env)
         around = {key: [run[key] for run in (before, after)] for key in ("decode_tok_s", "prefill_seconds")}
-        results[kind] = {**theirs, "gguf_bytes": export["bytes"], "nextterm_around": around}
+        turns = alternate_turns(["decode_turns", str(model), *common], env,
+                                ["llamacpp_turns", str(gguf_file), *common], DECODE_TURNS)
+        results[kind] = {**theirs, "gguf_bytes": export["bytes"], "nextterm_around": around, "turns": turns}
     return results
 
 
@@ -636,19 +715,30 @@ def run_bench(quick: bool, json_path: Path | None, work: Path, oeis: Path | None
     return report
 
 
+def turns_ratio(turns: dict) -> float:
+    """The median over alternated turns of nextterm-mlx's rate over llama.cpp's."""
+    return statistics.median(map(ratio, turns["nextterm_decode_tok_s"], turns["llama_cpp_decode_tok_s"]))
+
+
 def llama_cpp_ratios(llama_cpp: dict | None) -> dict:
-    """nextterm-mlx over llama.cpp as speed, on the same weights, from the
-    mean of nextterm-mlx's runs around llama.cpp's; none without llama.cpp."""
+    """nextterm-mlx over llama.cpp as speed, on the same weights; none
+    without llama.cpp. Decode: the median over the alternated turns of a
+    turn's two rates, and, as `_around`, the mean of nextterm-mlx's runs
+    around llama.cpp's over llama.cpp's. Prefill: from the runs around."""
     if not llama_cpp:
         return {}
 
     def ours(kind: str, key: str) -> float:
         return statistics.mean(llama_cpp[kind]["nextterm_around"][key])
 
+    def around(kind: str) -> float:
+        return ratio(ours(kind, "decode_tok_s"), llama_cpp[kind]["decode_tok_s"])
+
+    decode = {f"decode_{name}_vs_llamacpp_{name}": kind for kind, name in (("bf16", "bf16"), ("q8_0", "q8"),
+                                                                            ("f32", "f32"))}
     return {
-        "decode_bf16_vs_llamacpp_bf16": ratio(ours("bf16", "decode_tok_s"), llama_cpp["bf16"]["decode_tok_s"]),
-        "decode_q8_vs_llamacpp_q8": ratio(ours("q8_0", "decode_tok_s"), llama_cpp["q8_0"]["decode_tok_s"]),
-        "decode_f32_vs_llamacpp_f32": ratio(ours("f32", "decode_tok_s"), llama_cpp["f32"]["decode_tok_s"]),
+        **{key: turns_ratio(llama_cpp[kind]["turns"]) for key, kind in decode.items()},
+        **{f"{key}_around": around(kind) for key, kind in decode.items()},
         "prefill_vs_llamacpp_bf16": ratio(llama_cpp["bf16"]["prefill_seconds"], ours("bf16", "prefill_seconds")),
     }
 
@@ -736,6 +826,14 @@ def llama_cpp_table(report: dict) -> list[str]:
                      f"{theirs[kind]['prefill_seconds']:.2f} | {decode} ({statistics.mean(ours['decode_tok_s']):.1f}) | "
                      f"{theirs[kind]['decode_tok_s']:.1f} | {agreement['leading_tokens_equal']} of {agreement['compared']} | "
                      f"{agreement['prompt_logits_max_abs_diff']:.3f} of {agreement['prompt_logits_max_abs']:.1f} |")
+    lines += ["", f"Decode in {len(theirs['bf16']['turns']['nextterm_decode_tok_s'])} alternated turns, both "
+              "loaded, which goes first alternating: the medians, and the median of each turn's ratio.", "",
+              "| weights | nextterm-mlx decode tok/s | llama.cpp decode tok/s | ratio |", "|---|---|---|---|"]
+    for kind, name in (("f32", "float32 / F32"), ("bf16", "bfloat16 / BF16"), ("q8_0", "8-bit / Q8_0")):
+        turns = theirs[kind]["turns"]
+        lines.append(f"| {name} | {statistics.median(turns['nextterm_decode_tok_s']):.1f} | "
+                     f"{statistics.median(turns['llama_cpp_decode_tok_s']):.1f} | "
+                     f"{turns_ratio(turns):.2f} |")
     return lines + [""]
 
 
