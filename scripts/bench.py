@@ -35,6 +35,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nextterm_mlx.memory import peak_memory_bytes  # noqa: E402
 from nextterm_mlx.vocab import SEP, STOP_TOKENS, decode_term  # noqa: E402
@@ -44,6 +46,8 @@ from scripts.timing import median_time  # noqa: E402
 EVAL_NEW_TOKENS = 8
 # Terms each batch-1 decode round asks for, from the prompt, on both sides.
 TERMS_PER_ROUND = 10
+# The GGUF types llama.cpp runs beside nextterm-mlx, and how the report names each pair.
+LLAMA_CPP_KINDS = {"f32": "float32 / F32", "bf16": "bfloat16 / BF16", "q8_0": "8-bit / Q8_0"}
 # Turns of nextterm-mlx's and llama.cpp's decode, alternated, for each weight type.
 DECODE_TURNS = 6
 # Drafted tokens per verifying forward pass whose cost is set against one decode step.
@@ -175,22 +179,18 @@ class LlamaCppRounds:
 
         from nextterm_mlx.vocab import encode_prompt
 
-        self.prompt, self.new_tokens = encode_prompt(prompts["single"]), new_tokens
-        cores = usable_cores()
+        self.prompt, self.new_tokens, self.threads = encode_prompt(prompts["single"]), new_tokens, usable_cores()
         self.llm = llama_cpp.Llama(gguf_path, n_ctx=decode_context(len(self.prompt), new_tokens),
-                                   n_batch=len(self.prompt), n_threads=cores, n_threads_batch=cores, verbose=False)
+                                   n_batch=len(self.prompt), n_threads=self.threads, n_threads_batch=self.threads,
+                                   verbose=False)
+        self.logits_ith = llama_cpp.llama_get_logits_ith
         self.prefill()  # warm-up: reads the mapped file in
         self.first = self.greedy()
 
-    def last_logits(self):
-        import numpy as np
-        import llama_cpp
-
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+    def last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
 
     def greedy(self) -> int:
-        import numpy as np
-
         return int(np.argmax(self.last_logits()))
 
     def prefill(self):
@@ -232,18 +232,15 @@ def worker_llamacpp(gguf_path: str, prompts: dict, repeats: int, new_tokens: int
     far the logits after the prompt are from nextterm-mlx's, and how many of
     the first tokens are the same. Random weights repeat one token for long,
     so the logits are the sharper check of the file's layout."""
-    import numpy as np
     import llama_cpp
 
     rounds = LlamaCppRounds(gguf_path, prompts, new_tokens)
-    llm, prompt = rounds.llm, rounds.prompt
     prefill_seconds = median_time(rounds.prefill, repeats)
     prompt_logits = rounds.last_logits().copy()
     rounds.decode_rate(new_tokens)
     greedy_tokens = rounds.decode_round()[0]
-    cores = usable_cores()
-    result = {"llama_cpp_python": llama_cpp.__version__, "n_ctx": llm.n_ctx(), "n_threads": cores,
-              "prompt_tokens": len(prompt), "prefill_seconds": prefill_seconds,
+    result = {"llama_cpp_python": llama_cpp.__version__, "n_ctx": rounds.llm.n_ctx(), "n_threads": rounds.threads,
+              "prompt_tokens": len(rounds.prompt), "prefill_seconds": prefill_seconds,
               "decode_tok_s": statistics.median(rounds.decode_rate(4 * new_tokens) for _ in range(repeats)),
               "peak_rss_gb": peak_memory_bytes() / 2**30, "greedy_tokens": greedy_tokens}
     if reference is not None:
@@ -462,8 +459,6 @@ def worker_bandwidth(repeats: int) -> dict:
     decode reads its weights with every core, so the machine's bandwidth is
     what all cores read together. One thread's is reported too."""
     from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
 
     data = np.ones(2**28, dtype=np.float32)
     cores = usable_cores()
@@ -818,7 +813,7 @@ def llama_cpp_table(report: dict) -> list[str]:
         "llama.cpp decode tok/s | first greedy tokens equal | logits after the prompt, largest difference |",
         "|---|---|---|---|---|---|---|",
     ]
-    for kind, name in (("f32", "float32 / F32"), ("bf16", "bfloat16 / BF16"), ("q8_0", "8-bit / Q8_0")):
+    for kind, name in LLAMA_CPP_KINDS.items():
         agreement, ours = theirs[kind]["agreement"], theirs[kind]["nextterm_around"]
         prefill = " and ".join(f"{s:.2f}" for s in ours["prefill_seconds"])
         decode = " and ".join(f"{r:.1f}" for r in ours["decode_tok_s"])
@@ -829,7 +824,7 @@ def llama_cpp_table(report: dict) -> list[str]:
     lines += ["", f"Decode in {len(theirs['bf16']['turns']['nextterm_decode_tok_s'])} alternated turns, both "
               "loaded, which goes first alternating: the medians, and the median of each turn's ratio.", "",
               "| weights | nextterm-mlx decode tok/s | llama.cpp decode tok/s | ratio |", "|---|---|---|---|"]
-    for kind, name in (("f32", "float32 / F32"), ("bf16", "bfloat16 / BF16"), ("q8_0", "8-bit / Q8_0")):
+    for kind, name in LLAMA_CPP_KINDS.items():
         turns = theirs[kind]["turns"]
         lines.append(f"| {name} | {statistics.median(turns['nextterm_decode_tok_s']):.1f} | "
                      f"{statistics.median(turns['llama_cpp_decode_tok_s']):.1f} | "
