@@ -31,6 +31,10 @@ class Kernels:
         """x through a Linear layer, or an Embedding used as the output head."""
         return layer.as_linear(x) if hasattr(layer, "as_linear") else layer(x)
 
+    def linears(self, layers: tuple[nn.Module, ...], x: mx.array) -> list[mx.array]:
+        """x through each of several Linear layers."""
+        return [self.linear(layer, x) for layer in layers]
+
     def reads_stored(self, layer: nn.Module) -> bool:
         """Whether `linear` multiplies the layer's weight as stored, where the
         loader would otherwise cast it to the compute dtype."""
@@ -87,9 +91,10 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, rotate: Rotation, mask: Any, cache: Any, kernels: Kernels) -> mx.array:
         B, L, _ = x.shape
-        queries = kernels.rotated_heads(self.q_norm, kernels.linear(self.q_proj, x), self.n_heads, rotate)
-        keys = kernels.rotated_heads(self.k_norm, kernels.linear(self.k_proj, x), self.n_kv_heads, rotate)
-        values = kernels.linear(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        queries, keys, values = kernels.linears((self.q_proj, self.k_proj, self.v_proj), x)
+        queries = kernels.rotated_heads(self.q_norm, queries, self.n_heads, rotate)
+        keys = kernels.rotated_heads(self.k_norm, keys, self.n_kv_heads, rotate)
+        values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         return kernels.linear(self.o_proj, kernels.attention(queries, keys, values, cache, self.scale, mask))
@@ -103,7 +108,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
 
     def __call__(self, x: mx.array, kernels: Kernels) -> mx.array:
-        hidden = kernels.swiglu(kernels.linear(self.gate_proj, x), kernels.linear(self.up_proj, x))
+        hidden = kernels.swiglu(*kernels.linears((self.gate_proj, self.up_proj), x))
         return kernels.linear(self.down_proj, hidden)
 
 

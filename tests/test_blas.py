@@ -280,6 +280,56 @@ def test_8_bit_products_match_numpy_on_the_dequantized_weights(name):
             assert np.array_equal(np.array(got)[row : row + 1], np.array(alone)), row
 
 
+# Several Linear layers of the same rows, as a layer's query, key and value
+# projections, or its gate and up projections: (shape of x, each layer's
+# outputs, whether the kernel takes every float32 or bfloat16 product, so
+# that they are one job of its threads). It takes every 8-bit product of up
+# to MAX_ROWS rows.
+SEVERAL_PRODUCTS = {
+    "one row, threaded (about the 440M shape's q, k and v)": ((1, 1024), (2048, 512, 512), True),
+    "three rows, ragged outputs": ((3, 320), (71, 130, 65), True),
+    "two sequences of three positions": ((2, 3, 128), (70, 33), True),
+    "gate and up of a batch as large as the kernel takes": ((MAX_ROWS, 256), (515, 515), True),
+    "one row, one product small enough to compute here": ((1, 256), (70, 1030), False),
+    "more rows than the kernel takes, to OpenBLAS": ((MAX_ROWS + 3, 128), (70, 33), False),
+}
+
+
+@needs_kernel_and_primitives
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "8 bits"])
+@pytest.mark.parametrize("name", SEVERAL_PRODUCTS)
+def test_several_layers_give_each_layer_its_own_products_bit_for_bit(name, dtype):
+    """Each output of the Linears primitive is the Linear primitive's for
+    that layer alone, and near numpy's in float64; the products are one job
+    of the kernel's threads when it takes every one of them."""
+    x_shape, widths, kernel_takes_them = SEVERAL_PRODUCTS[name]
+    seed = list(SEVERAL_PRODUCTS).index(name) * 4
+    x = mx.array(random_array(x_shape, seed))
+    dense = [mx.array(random_array((width, x_shape[-1]), seed + 1 + i)) for i, width in enumerate(widths)]
+    jobs = KERNEL.nextterm_skinny_several_jobs()
+    if dtype == "8 bits":
+        layers = [mx.quantize(weight, 64, 8) for weight in dense]
+        alone = [PRIMITIVES.quantized_linear(x, *layer, PRODUCTS.q8_address) for layer in layers]
+        got = PRIMITIVES.quantized_linears(x, *map(list, zip(*layers)), PRODUCTS.several_address)
+        as_float = [mx.dequantize(*layer, 64, 8) for layer in layers]
+        one_job = int(np.prod(x_shape[:-1])) <= MAX_ROWS
+    else:
+        weights = [weight.astype(getattr(mx, dtype)) for weight in dense]
+        address = PRODUCTS.address if dtype == "float32" else PRODUCTS.bf16_address
+        alone = [PRIMITIVES.linear(x, weight, address) for weight in weights]
+        got = PRIMITIVES.linears(x, weights, PRODUCTS.several_address)
+        as_float = [weight.astype(mx.float32) for weight in weights]
+        one_job = kernel_takes_them
+    mx.eval(got)
+    assert KERNEL.nextterm_skinny_several_jobs() == jobs + one_job
+    assert len(got) == len(widths)
+    for output, single, weight in zip(got, alone, as_float):
+        assert output.shape == (*x_shape[:-1], weight.shape[0])
+        assert np.array_equal(np.array(output), np.array(single))
+        np.testing.assert_allclose(np.array(output), in_float64(np.array(x), np.array(weight).T), rtol=1e-5,
+                                   atol=1e-3)
+
+
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,

@@ -78,12 +78,13 @@ def counting(primitives, calls: list):
         function = getattr(primitives, name)
 
         def call(*args, **kwargs):
-            calls.append((name, args[2] if name == "linear" else None))
+            calls.append((name, args[-1] if "linear" in name else None))  # a product's function
             return function(*args, **kwargs)
 
         return call
 
-    names = ("linear", "rms_norm", "rotated_heads", "swiglu", "attention")
+    names = ("linear", "linears", "quantized_linear", "quantized_linears", "rms_norm", "rotated_heads", "swiglu",
+             "attention")
     return SimpleNamespace(**{name: counted(name) for name in names})
 
 
@@ -98,16 +99,19 @@ def test_a_loaded_model_goes_through_the_primitives(name):
     kernels.primitives = counting(kernels.primitives, calls)
     mx.eval(model(mx.array([[3, 4, 5, 11, 6]])))
     layers = len(model.layers)
-    # Per layer: the query, key, value and output projections, gate, up and
-    # down; two norms (input, before the MLP); the queries' and keys' heads
-    # normed and rotated; SwiGLU; attention. Then the final norm and the head.
-    assert sorted(call for call, _ in calls) == ["attention"] * layers + ["linear"] * (7 * layers + 1) + [
-        "rms_norm"] * (2 * layers + 1) + ["rotated_heads"] * (2 * layers) + ["swiglu"] * layers
+    # Per layer: the query, key and value projections as one operation, and
+    # gate and up as another; the output and down projections; two norms
+    # (input, before the MLP); the queries' and keys' heads normed and
+    # rotated; SwiGLU; attention. Then the final norm and the head.
+    assert sorted(call for call, _ in calls) == ["attention"] * layers + ["linear"] * (2 * layers + 1) + [
+        "linears"] * (2 * layers) + ["rms_norm"] * (2 * layers + 1) + ["rotated_heads"] * (2 * layers) + [
+        "swiglu"] * layers
     # The fixtures are stored in bfloat16, as their Linear layers' weights stay;
     # a tied head is the embedding, cast to float32.
     products = kernels.products
     expected = {products.bf16_address} | ({products.address} if model.args.tie_word_embeddings else set())
     assert {address for call, address in calls if call == "linear"} == expected
+    assert {address for call, address in calls if call == "linears"} == {products.several_address}
 
 
 # --- Linear ---------------------------------------------------------------------------------
@@ -224,6 +228,60 @@ def test_layers_the_linear_primitive_does_not_take_go_to_mlx():
     for layer, inputs in [(nn.Linear(64, 24), x), (half, x.astype(mx.bfloat16)), (quantized, x),
                           (nn.Linear(64, 24, bias=False), x.astype(mx.bfloat16))]:
         assert mx.array_equal(kernels.linear(layer, inputs), MLX.linear(layer, inputs)).item(), layer
+
+
+needs_kernel = pytest.mark.skipif(PRODUCTS is None or PRODUCTS.kernel is None or PRIMITIVES is None,
+                                  reason=WHY_NOT or "the skinny-product kernel is not loaded")
+
+
+@needs_kernel
+def test_layers_of_one_weight_type_go_through_one_operation_and_others_each_through_their_own():
+    kernels = CPUKernels(Settings())
+    x = mx.array(random((1, 3, 64), 14))
+
+    def linear(width, dtype=mx.float32, bias=False):
+        layer = nn.Linear(64, width, bias=bias)
+        layer.set_dtype(dtype)
+        return layer
+
+    quantized = [nn.QuantizedLinear.from_linear(linear(width), group_size=64, bits=8) for width in (24, 40)]
+    for layers, operations in [([linear(24), linear(40), linear(8)], ["linears"]),
+                               ([linear(24, mx.bfloat16), linear(40, mx.bfloat16)], ["linears"]),
+                               (quantized, ["quantized_linears"]),
+                               ([linear(24), linear(40, mx.bfloat16)], ["linear", "linear"]),
+                               ([linear(24), linear(40, bias=True)], ["linear"]),
+                               ([quantized[0], linear(40)], ["quantized_linear", "linear"])]:
+        calls = []
+        kernels.primitives = counting(CPUKernels(Settings()).primitives, calls)
+        got = kernels.linears(layers, x)
+        assert [name for name, _ in calls] == operations
+        for layer, output in zip(layers, got):
+            np.testing.assert_allclose(np.array(output), np.array(MLX.linear(layer, x)), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_linears_gradients_match_mlx_matmul():
+    x, first, second = (mx.array(random(shape, seed)) for shape, seed in [((2, 3, 50), 15), ((20, 50), 16),
+                                                                          ((7, 50), 17)])
+
+    def ours(x, a, b):
+        return mx.concatenate(PRIMITIVES.linears(x, [a, b], PRODUCTS.several_address), axis=-1)
+
+    assert_same_gradients(ours, lambda x, a, b: mx.concatenate([x @ a.T, x @ b.T], axis=-1), (x, first, second),
+                          mx.array(random((2, 3, 27), 18)), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_linears_refuse_what_they_do_not_take():
+    x, weight = mx.array(random((2, 64), 19)), mx.array(random((3, 64), 20))
+    for arguments in [(x, [weight, weight], 0), (x, [weight], PRODUCTS.several_address),
+                      (x, [weight, weight.astype(mx.bfloat16)], PRODUCTS.several_address),
+                      (x, [weight, weight[:, :32]], PRODUCTS.several_address)]:
+        with pytest.raises(ValueError):
+            PRIMITIVES.linears(*arguments)
+    quantized, scales, biases = mx.quantize(weight, 64, 8)
+    with pytest.raises(ValueError):
+        PRIMITIVES.quantized_linears(x, [quantized, quantized], [scales], [biases, biases], PRODUCTS.several_address)
 
 
 # --- RMSNorm -------------------------------------------------------------------------------

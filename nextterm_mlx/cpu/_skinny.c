@@ -768,9 +768,11 @@ static vector_fn vector_times_matrix = vector_generic;
 static int thread_count = 1;
 static pthread_once_t workers_started = PTHREAD_ONCE_INIT;
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-/* The workers' next job: a task's parts when current_task is set, else a product's shares. */
+/* The workers' next job: a task's parts when current_task is set, else
+ * their shares of current_count products, one after another. */
 typedef void (*part_fn)(void *context, int part, int parts);
 static const Product *current;
+static int current_count;
 static part_fn current_task;
 static void *current_context;
 static atomic_ulong generation;  /* bumped once per job */
@@ -847,19 +849,20 @@ static size_t successor_slot(const void *after) {
   return (size_t)(((unsigned long)after >> 6) * 0x9E3779B97F4A7C15UL >> (64 - SUCCESSOR_BITS));
 }
 
-/* By the caller, holding pool_lock: p comes after the previous product. */
-static void remember_order(const Product *p) {
+/* By the caller, holding pool_lock: the job of products first to last
+ * comes after the previous job. */
+static void remember_order(const Product *first, const Product *last) {
   if (previous_weights != NULL) {
     size_t slot = successor_slot(previous_weights);
     for (int probe = 0; probe < SUCCESSOR_PROBES; ++probe) {
       Successor *s = &successors[(slot + probe) % SUCCESSOR_SLOTS];
       if (s->after == previous_weights || s->after == NULL || probe == SUCCESSOR_PROBES - 1) {
-        *s = (Successor){previous_weights, p->w, p->cols, p->depth, p->ldw, p->type};
+        *s = (Successor){previous_weights, first->w, first->cols, first->depth, first->ldw, first->type};
         break;
       }
     }
   }
-  previous_weights = p->w;
+  previous_weights = last->w;
 }
 
 /* By a worker, while the caller still holds pool_lock. */
@@ -916,11 +919,13 @@ static void *worker_main(void *arg) {
       atomic_fetch_sub(&pending, 1);
       continue;
     }
-    int first, last;
-    share(current, index, &first, &last);
-    compute(current, first, last);
+    for (int i = 0; i < current_count; ++i) {
+      int first, last;
+      share(&current[i], index, &first, &last);
+      compute(&current[i], first, last);
+    }
     Successor next;
-    int reads_ahead = read_ahead_bytes > 0 && successor_of(current->w, &next);
+    int reads_ahead = read_ahead_bytes > 0 && successor_of(current[current_count - 1].w, &next);
     if (reads_ahead) atomic_fetch_add(&read_aheads, 1);
     atomic_fetch_sub(&pending, 1); /* current and the table may change from here on */
     if (reads_ahead) read_ahead(&next, index, seen);
@@ -962,25 +967,35 @@ static void wait_for_workers(void) {
   pthread_mutex_unlock(&pool_lock);
 }
 
-static void run_product(const Product *p) {
+/* Products that follow one another with nothing between them (a layer's
+ * query, key and value projections of the same rows) are one job: each
+ * thread computes its share of every one of them in turn, and waits for
+ * the others once. Each output is computed as it is alone. */
+static void run_products(const Product *ps, int count) {
+  long weights = 0;
+  for (int i = 0; i < count; ++i) weights += (long)ps[i].cols * ps[i].depth;
   /* Small products are not worth waking anyone, and the workers serve one
    * caller at a time: should two threads multiply at once, the second
    * computes alone. */
-  if (thread_count == 1 || (long)p->cols * p->depth < MIN_SHARED_WEIGHTS ||
-      pthread_mutex_trylock(&pool_lock) != 0) {
-    compute(p, 0, p->cols);
+  if (thread_count == 1 || weights < MIN_SHARED_WEIGHTS || pthread_mutex_trylock(&pool_lock) != 0) {
+    for (int i = 0; i < count; ++i) compute(&ps[i], 0, ps[i].cols);
     return;
   }
   pthread_once(&workers_started, start_workers);
-  remember_order(p);
-  current = p;
+  remember_order(&ps[0], &ps[count - 1]);
+  current = ps;
+  current_count = count;
   current_task = NULL;
   hand_to_workers();
-  int first, last;
-  share(p, 0, &first, &last);
-  compute(p, first, last);
+  for (int i = 0; i < count; ++i) {
+    int first, last;
+    share(&ps[i], 0, &first, &last);
+    compute(&ps[i], first, last);
+  }
   wait_for_workers();
 }
+
+static void run_product(const Product *p) { run_products(p, 1); }
 
 /* Runs task(context, part, parts) for every part, part 0 on the calling
  * thread and the others on the workers, and returns once all have run.
@@ -1113,6 +1128,15 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
   blas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+/* Whether a Linear layer's product of m rows and an (n, k) weight of `type`
+ * goes to the kernel, as cblas_sgemm above and the functions below send it:
+ * one row times a weight larger than a small product, or up to MAX_ROWS
+ * rows; 8-bit weights take the kernel for any product of up to MAX_ROWS. */
+static int kernel_takes(int type, int m, int n, int k) {
+  if (type == Q8) return m <= MAX_ROWS;
+  return (m == 1 && (long)n * k > SMALL_PRODUCT) || (m > 1 && n > 1 && m <= MAX_ROWS);
+}
+
 /* --- bfloat16 weights, computed in float32 ----------------------------------------------- */
 
 static atomic_ulong bf16_calls;
@@ -1159,7 +1183,7 @@ static const float *widened(const void *w, int n, int k, int type, const float *
  * column counts. */
 void nextterm_linear_bf16(int m, int n, int k, const float *a, const uint16_t *w, float *c) {
   atomic_fetch_add(&bf16_calls, 1);
-  if ((m == 1 && (long)n * k > SMALL_PRODUCT) || (m > 1 && n > 1 && m <= MAX_ROWS)) {
+  if (kernel_takes(BF16, m, n, k)) {
     Product p = {a, w, c, m, n, k, k, k, n, 1.0f, 0.0f, BF16};
     run_product(&p);
     atomic_fetch_add(&skinny_calls, 1);
@@ -1176,6 +1200,23 @@ static atomic_ulong q8_calls;
 /* How many products of 8-bit weights this library took. */
 unsigned long nextterm_skinny_q8_calls(void) { return atomic_load(&q8_calls); }
 
+/* The sum of each GROUP of depths of each row of a[m, k], in a buffer the caller frees. */
+static float *input_group_sums(int m, int k, const float *a) {
+  int groups = k / GROUP;
+  float *sums = malloc((size_t)m * groups * sizeof(float));
+  if (sums == NULL) {
+    fprintf(stderr, "nextterm-mlx: no memory left for an 8-bit product\n");
+    abort();
+  }
+  for (int i = 0; i < m; ++i)
+    for (int g = 0; g < groups; ++g) {
+      float sum = 0.0f;
+      for (int j = g * GROUP; j < (g + 1) * GROUP; ++j) sum += a[(size_t)i * k + j];
+      sums[(size_t)i * groups + g] = sum;
+    }
+  return sums;
+}
+
 /* A Linear layer's product c[m, n] = a[m, k] . w[n, k]^T for 8-bit weights
  * q[n, k] in mlx-lm's affine format (w = scale * q + bias for each group of
  * GROUP depths; k a multiple of GROUP), scales and biases[n, k / GROUP] in
@@ -1185,19 +1226,8 @@ unsigned long nextterm_skinny_q8_calls(void) { return atomic_load(&q8_calls); }
 void nextterm_linear_q8(int m, int n, int k, const float *a, const uint8_t *q, const float *scales,
                         const float *biases, float *c) {
   atomic_fetch_add(&q8_calls, 1);
-  int groups = k / GROUP;
-  if (m <= MAX_ROWS) {
-    float *group_sums = malloc((size_t)m * groups * sizeof(float));
-    if (group_sums == NULL) {
-      fprintf(stderr, "nextterm-mlx: no memory left for an 8-bit product\n");
-      abort();
-    }
-    for (int i = 0; i < m; ++i)
-      for (int g = 0; g < groups; ++g) {
-        float sum = 0.0f;
-        for (int j = g * GROUP; j < (g + 1) * GROUP; ++j) sum += a[(size_t)i * k + j];
-        group_sums[(size_t)i * groups + g] = sum;
-      }
+  if (kernel_takes(Q8, m, n, k)) {
+    float *group_sums = input_group_sums(m, k, a);
     Product p = {a, q, c, m, n, k, k, k, n, 1.0f, 0.0f, Q8, scales, biases, group_sums};
     run_product(&p);
     free(group_sums);
@@ -1205,4 +1235,48 @@ void nextterm_linear_q8(int m, int n, int k, const float *a, const uint8_t *q, c
   }
   blas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0f, a, k, widened(q, n, k, Q8, scales, biases), k, 0.0f,
              c, n);
+}
+
+/* --- several Linear layers of the same rows ---------------------------------------------- */
+
+#define MAX_SEVERAL 8
+
+static atomic_ulong several_jobs;
+
+/* How many times the products of several layers were one job of the threads. */
+unsigned long nextterm_skinny_several_jobs(void) { return atomic_load(&several_jobs); }
+
+/* The products c_i[m, n_i] = a[m, k] . w_i[n_i, k]^T of `count` Linear
+ * layers of one weight type: float32 (as cblas_sgemm above takes them),
+ * bfloat16 (as nextterm_linear_bf16) or 8-bit with scales and biases (as
+ * nextterm_linear_q8; NULL for the others). Each output is the number that
+ * layer's own function gives. When the kernel takes every one of them they
+ * are one job of the threads (see run_products); otherwise each goes to its
+ * own function in turn. */
+void nextterm_linear_several(int count, int type, int m, int k, const float *a, const int *n,
+                             const void *const *w, const float *const *scales,
+                             const float *const *biases, float *const *c) {
+  int together = count <= MAX_SEVERAL;
+  for (int i = 0; i < count && together; ++i) together = kernel_takes(type, m, n[i], k);
+  if (!together) {
+    for (int i = 0; i < count; ++i) {
+      if (type == Q8)
+        nextterm_linear_q8(m, n[i], k, a, w[i], scales[i], biases[i], c[i]);
+      else if (type == BF16)
+        nextterm_linear_bf16(m, n[i], k, a, w[i], c[i]);
+      else
+        cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, m, n[i], k, 1.0f, a, k, w[i], k, 0.0f, c[i], n[i]);
+    }
+    return;
+  }
+  float *group_sums = type == Q8 ? input_group_sums(m, k, a) : NULL;
+  Product products[MAX_SEVERAL];
+  for (int i = 0; i < count; ++i)
+    products[i] = (Product){a, w[i], c[i], m, n[i], k, k, k, n[i], 1.0f, 0.0f, type,
+                            type == Q8 ? scales[i] : NULL, type == Q8 ? biases[i] : NULL, group_sums};
+  run_products(products, count);
+  atomic_fetch_add(&several_jobs, 1);
+  free(group_sums);
+  atomic_fetch_add(type == Q8 ? &q8_calls : &skinny_calls, count);
+  if (type == BF16) atomic_fetch_add(&bf16_calls, count);
 }

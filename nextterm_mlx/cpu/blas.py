@@ -60,6 +60,11 @@ class Products:
         return address_of(self.kernel.nextterm_linear_q8) if self.kernel is not None else None
 
     @cached_property
+    def several_address(self) -> Optional[int]:
+        """The kernel's products of several Linear layers of the same rows, as one job, by address."""
+        return address_of(self.kernel.nextterm_linear_several) if self.kernel is not None else None
+
+    @cached_property
     def parallel_address(self) -> int:
         """The kernel's way to run a task's parts on its threads, by address; 0 without the kernel."""
         return address_of(self.kernel.nextterm_skinny_parallel) if self.kernel is not None else 0
@@ -116,10 +121,12 @@ def load_kernel(openblas_path: str, read_ahead: bool, avx512: bool) -> Optional[
         # As many threads as OpenBLAS uses (OPENBLAS_NUM_THREADS, else every core).
         kernel.nextterm_skinny_init(openblas.cblas_sgemm, openblas.cblas_sgemv, openblas.openblas_get_num_threads(),
                                     read_ahead, avx512)
-        for counter in ("calls", "vector_calls", "gemv_calls", "read_aheads", "bf16_calls", "q8_calls"):
+        for counter in ("calls", "vector_calls", "gemv_calls", "read_aheads", "bf16_calls", "q8_calls",
+                        "several_jobs"):
             getattr(kernel, f"nextterm_skinny_{counter}").restype = ctypes.c_ulong
         kernel.nextterm_skinny_read_ahead_bytes.restype = ctypes.c_long
         kernel.nextterm_skinny_parallel.restype = None
+        kernel.nextterm_linear_several.restype = None
         kernel.nextterm_skinny_avx512.restype = ctypes.c_int
     except (OSError, AttributeError):  # a stale build, or an OpenBLAS without these symbols
         return None

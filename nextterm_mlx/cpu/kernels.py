@@ -113,6 +113,24 @@ class CPUKernels(Kernels):
             return self.primitives.quantized_linear(x, weight, layer.scales, layer.biases, self.products.q8_address)
         return super().linear(layer, x)
 
+    def linears(self, layers: tuple[nn.Module, ...], x: mx.array) -> list[mx.array]:
+        """One operation for the products of layers whose weights are all
+        float32, all bfloat16 or all 8-bit ones kept as stored, which the
+        kernel computes as one job of its threads; each layer's own product
+        otherwise. Each output is the number `linear` gives."""
+        if self.products is None or self.products.kernel is None or not on_cpu_in_float32(x):
+            return super().linears(layers, x)
+        if all(type(layer) is nn.Linear and "bias" not in layer for layer in layers):
+            weights = [layer.weight for layer in layers]
+            if len({weight.dtype for weight in weights}) == 1 and weights[0].dtype in (mx.float32, mx.bfloat16):
+                return self.primitives.linears(x, weights, self.products.several_address)
+        if all(type(layer) is nn.QuantizedLinear and self.reads_stored(layer)
+               and layer.scales.dtype == layer.biases.dtype == mx.float32 for layer in layers):
+            return self.primitives.quantized_linears(x, [layer.weight for layer in layers],
+                                                     [layer.scales for layer in layers],
+                                                     [layer.biases for layer in layers], self.products.several_address)
+        return super().linears(layers, x)
+
     def alike_rows(self) -> Optional[int]:
         """The kernel's row limit, when it takes the products and attention is
         the primitive's: every output of a product up to that many rows is
