@@ -603,6 +603,19 @@ def test_attention_matches_float64(batch, heads, kv_heads, length, keys, dim, ma
 
 
 @vectorised
+def test_a_row_whose_visible_scores_overflow_weighs_every_hidden_position_alike_as_mlx_does():
+    """MLX gives hidden positions float32's lowest score: when the scores a
+    row may see overflow to -inf, each hidden position, those after the last
+    visible one too, gets the same weight, and the visible ones none."""
+    queries, keys = np.full((1, 2, 1, 16), 1e20, np.float32), np.full((1, 1, 10, 16), -1e20, np.float32)
+    values = random((1, 1, 10, 16), 21)
+    mask = np.zeros((1, 10), dtype=bool)
+    mask[0, [0, 3]] = True
+    got = np.array(call_attention(queries, keys, values, 1.0, mask))
+    np.testing.assert_allclose(got, attention_in_float64(queries, keys, values, 1.0, mask), rtol=1e-6, atol=1e-6)
+
+
+@vectorised
 @pytest.mark.parametrize("visible", [1, 5, 8, 13, 40])
 def test_attention_over_the_same_positions_is_the_same_wherever_the_buffer_holds_them(visible):
     """A query sees `visible` positions: alone in a buffer of their size,

@@ -9,7 +9,8 @@
  * of thousands of tiny products.
  *
  * Here each query row takes one pass: its scores against the key rows it
- * may see (masked positions are skipped, not computed), their softmax with
+ * may see (masked positions are skipped, not computed, and a fixed-size
+ * cache's room after the last position it sees is not visited), their softmax with
  * the vectorised exp, and the weighted sum of the value rows. The inputs
  * are read where they lie, through their strides: a KV cache's slice is not
  * copied, nor a mask broadcast over heads or sequences (queries, keys or
@@ -52,6 +53,8 @@ using namespace nb::literals;
 namespace {
 
 constexpr float LOWEST = std::numeric_limits<float>::lowest();  // MLX's fill for hidden positions
+/* A score this far or further below the highest has an exp of 0. */
+constexpr float EXP_FLOOR = 87.0f;
 
 /* A 4-D float array whose last dimension is contiguous, by its other strides. */
 struct Rows {
@@ -117,7 +120,7 @@ struct Avx2 {
   }
 
   __attribute__((target("avx2,fma"))) static void exp_of_eight(const float *scores, float *out, float max) {
-    const __m256 lowest = _mm256_set1_ps(-87.0f);
+    const __m256 lowest = _mm256_set1_ps(-EXP_FLOOR);
     __m256 t = _mm256_sub_ps(_mm256_loadu_ps(scores), _mm256_set1_ps(max));
     _mm256_storeu_ps(out, _mm256_andnot_ps(_mm256_cmp_ps(t, lowest, _CMP_LT_OQ), exp_avx2(_mm256_max_ps(lowest, t))));
   }
@@ -141,7 +144,8 @@ struct Avx2 {
     }
     for (; d < dim; ++d) {
       float sum = 0.0f;
-      for (int l = 0; l < count; ++l) sum += weights[l] * values.row(b, h, l)[d];
+      for (int l = 0; l < count; ++l)
+        if (weights[l] != 0.0f) sum += weights[l] * values.row(b, h, l)[d];
       out[d] = sum * factor;
     }
   }
@@ -158,20 +162,31 @@ void attend(const Problem &p, int first, int last, float *scores) {
         const float *query = p.queries.row(b, h, i);
         int visible = p.causal ? p.kv_length - p.query_length + i + 1 : p.kv_length;
         int64_t mask_row = b * ms[0] + h * ms[1] + i * ms[2];
+        auto sees = [&](int l) { return l < visible && (p.hide == nullptr || p.hide[mask_row + l * ms[3]]); };
+        /* The positions from `seen` on are hidden: their exps are exact zeros
+         * (below), which add nothing to the sum, and their values are skipped. */
+        int seen = p.kv_length;
+        while (seen > 0 && !sees(seen - 1)) --seen;
         float max = LOWEST;
-        for (int l = 0; l < p.kv_length; ++l) {
+        for (int l = 0; l < seen; ++l) {
           float score = LOWEST;
-          if (l < visible && (p.hide == nullptr || p.hide[mask_row + l * ms[3]])) {
+          if (sees(l)) {
             score = Avx2::dot(query, p.keys.row(b, kv_head, l), p.dim) * p.scale;
             if (p.added) score += p.added[mask_row + l * ms[3]];
           }
           scores[l] = score;
           max = std::max(max, score);
         }
-        float total = Avx2::exp_and_sum(scores, p.kv_length, max);
+        /* Unless the highest score is so low that a hidden position's exp is
+         * not 0 (or the row sees nothing, when MLX averages every value). */
+        if (max - LOWEST <= EXP_FLOOR) {
+          std::fill(scores + seen, scores + p.kv_length, LOWEST);
+          seen = p.kv_length;
+        }
+        float total = Avx2::exp_and_sum(scores, seen, max);
         float *out = p.out + (p.as_rows ? ((int64_t)b * p.query_length + i) * p.query_heads + h
                                          : ((int64_t)b * p.query_heads + h) * p.query_length + i) * p.dim;
-        Avx2::weighted_sum(out, p.values, b, kv_head, scores, p.kv_length, p.dim, 1.0f / total);
+        Avx2::weighted_sum(out, p.values, b, kv_head, scores, seen, p.dim, 1.0f / total);
       }
     }
   }
