@@ -7,7 +7,9 @@ each through the fastest piece that takes it and leaves the rest to MLX:
 - products of float32 Linear layers go to the primitive in _linear.cpp,
   which calls the function blas.py chose (the skinny-product kernel in
   front of OpenBLAS); so do those of bfloat16 and 8-bit Linear layers kept
-  as stored (reads_stored), which the kernel multiplies in float32;
+  as stored (reads_stored), which the kernel multiplies in float32; the
+  products of several layers of one input (a layer's q, k and v, its gate
+  and up) are one operation, one job of the kernel's threads;
 - SwiGLU and attention in float32 go to the primitives in _swiglu.cpp and
   _attention.cpp, which take one pass with a vectorised exp where MLX's
   CPU backend runs a dozen small operations on one thread; so does RMSNorm
