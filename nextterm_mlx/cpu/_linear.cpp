@@ -159,6 +159,8 @@ class Linears : public mx::Primitive {
     std::vector<const void *> weights;
     std::vector<const float *> scales, biases;
     std::vector<float *> results;
+    widths.reserve(count), weights.reserve(count), results.reserve(count);
+    if (type == Q8) scales.reserve(count), biases.reserve(count);
     for (int i = 0; i < count; ++i) {
       const mx::array &weight = inputs[1 + inputs_per_layer * i];
       widths.push_back(weight.shape(0));
@@ -261,17 +263,11 @@ mx::array linear(const mx::array &x, const mx::array &weight, uintptr_t product)
 
 /* The products of several layers as one Linears operation; `inputs` is x
  * followed by each layer's inputs to the single-layer function. */
-std::vector<mx::array> several(std::vector<mx::array> inputs, int layers, uintptr_t product) {
-  std::vector<mx::Shape> shapes;
-  size_t inputs_per_layer = (inputs.size() - 1) / layers;
-  for (size_t i = 1; i < inputs.size(); i += inputs_per_layer) {
-    if (inputs[i].dtype() != inputs[1].dtype())
-      throw std::invalid_argument("[linears] takes weights of one dtype");
-    shapes.push_back(product_shape(inputs[0], inputs[i]));
-  }
-  return mx::array::make_arrays(std::move(shapes), std::vector<mx::Dtype>(layers, mx::float32),
-                                std::make_shared<Linears>(mx::default_stream(mx::Device::cpu), product),
-                                inputs);
+std::vector<mx::array> several(const std::vector<mx::array> &inputs, uintptr_t product) {
+  auto primitive = std::make_shared<Linears>(mx::default_stream(mx::Device::cpu), product);
+  std::vector<mx::Shape> shapes = primitive->output_shapes(inputs);
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  return mx::array::make_arrays(std::move(shapes), dtypes, primitive, inputs);
 }
 
 std::vector<mx::array> linears(const mx::array &x, const std::vector<mx::array> &weights, uintptr_t product) {
@@ -280,9 +276,10 @@ std::vector<mx::array> linears(const mx::array &x, const std::vector<mx::array> 
   std::vector<mx::array> inputs{x};
   for (const mx::array &weight : weights) {
     check_plain(x, weight);
+    if (weight.dtype() != weights[0].dtype()) throw std::invalid_argument("[linears] takes weights of one dtype");
     inputs.push_back(weight);
   }
-  return several(std::move(inputs), weights.size(), product);
+  return several(inputs, product);
 }
 
 std::vector<mx::array> quantized_linears(const mx::array &x, const std::vector<mx::array> &weights,
@@ -296,7 +293,7 @@ std::vector<mx::array> quantized_linears(const mx::array &x, const std::vector<m
     check_quantized(x, weights[i], scales[i], biases[i]);
     inputs.insert(inputs.end(), {weights[i], scales[i], biases[i]});
   }
-  return several(std::move(inputs), weights.size(), product);
+  return several(inputs, product);
 }
 
 }  // namespace
